@@ -1,0 +1,56 @@
+"""The aiohttp application: routes, middlewares, start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from config import Settings
+from gateway import handlers
+from gateway.middleware import error_middleware
+from gateway.registry import Registry
+from gateway.state import SETTINGS, STATE, GatewayState
+from providers.tokenizer import Tokenizer
+
+log = structlog.get_logger("tokenpipe.app")
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Build the tokenizer and providers at start-up; close the providers at shutdown."""
+    settings = app[SETTINGS]
+    tokenizer = await asyncio.to_thread(Tokenizer.load, settings.tokenizer_encoding)
+    registry = Registry.from_settings(settings, tokenizer)
+    app[STATE] = GatewayState(settings=settings, registry=registry, tokenizer=tokenizer)
+    log.info("gateway_ready", models=registry.names(), tokenizer=tokenizer.name)
+    yield
+    for provider in registry.providers():
+        try:
+            await provider.aclose()
+        except Exception:
+            log.exception("provider_close_failed", provider=type(provider).__name__)
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    """A ready-to-run application; nothing happens until it starts."""
+    settings = settings or Settings()
+    app = web.Application(
+        middlewares=[error_middleware],
+        # Enforced by ``handlers._read_body`` too, with a clearer message.
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model}", handlers.get_model)
+    app.router.add_get("/healthz", handlers.healthz)
+    try:
+        from gateway.ui import setup_ui
+    except ImportError:  # the chat page is optional while it is being written
+        pass
+    else:
+        setup_ui(app)
+    return app

@@ -1,0 +1,92 @@
+"""HTTP handlers of the OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.errors import Overloaded, PayloadTooLarge
+from gateway.middleware import REQUEST_ID, REQUEST_ID_KEY
+from gateway.relay import Reply, StreamSession, collect
+from gateway.schema import model_list, parse_request
+from gateway.state import STATE
+
+log = structlog.get_logger("tokenpipe.http")
+
+_STARTED = int(time.time())
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refusing one over ``limit`` before reading it whole."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"The request body is {request.content_length} bytes; the limit is {limit}."
+        )
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.") from None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``, streaming or not."""
+    state = request.app[STATE]
+    settings = state.settings
+    body = await _read_body(request, settings.max_body_bytes)
+    chat = parse_request(body)
+    routes = state.registry.resolve(chat.model)
+    structlog.contextvars.bind_contextvars(model=chat.model, stream=chat.stream)
+    if state.draining or (settings.max_streams and state.active >= settings.max_streams):
+        why = "shutting down" if state.draining else "at its stream limit"
+        log.info("stream_finished", reason="rejected", detail=why)
+        raise Overloaded(
+            f"The gateway is {why}; retry shortly.", headers={"Retry-After": "1"}
+        )
+    reply = Reply(
+        request=chat,
+        routes=routes,
+        request_id=request[REQUEST_ID_KEY],
+        tokenizer=state.tokenizer,
+    )
+    state.active += 1
+    try:
+        if chat.stream:
+            session = StreamSession(
+                request,
+                reply,
+                heartbeat=settings.heartbeat_seconds,
+                send_timeout=settings.send_timeout_seconds,
+                headers={REQUEST_ID: request[REQUEST_ID_KEY]},
+            )
+            return await session.run()
+        return _json(await collect(reply))
+    finally:
+        state.active -= 1
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``."""
+    return _json(model_list(request.app[STATE].registry.names(), _STARTED))
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{model}``."""
+    name = request.match_info["model"]
+    registry = request.app[STATE].registry
+    registry.resolve(name)  # raises NotFound
+    return _json(model_list([name], _STARTED)["data"][0])
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and readiness: 503 while draining, so load balancers move on."""
+    state = request.app[STATE]
+    if state.draining:
+        return _json({"status": "draining", "active_streams": state.active}, status=503)
+    return _json({"status": "ok", "active_streams": state.active})

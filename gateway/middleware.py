@@ -1,0 +1,76 @@
+"""Middlewares: request ids and log context, and errors as OpenAI error bodies."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+
+log = structlog.get_logger("tokenpipe.http")
+
+REQUEST_ID = "X-Request-ID"
+#: The request's id, in the request's storage.
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a new one."""
+    given = request.headers.get(REQUEST_ID, "")
+    return given if _VALID_ID.match(given) else uuid.uuid4().hex
+
+
+def json_error(exc: GatewayError, request_id: str) -> web.Response:
+    return web.Response(
+        status=exc.status,
+        body=orjson.dumps(exc.body()),
+        content_type="application/json",
+        headers={**exc.headers, REQUEST_ID: request_id},
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(
+            f"Method {exc.method} is not allowed here; use {allowed}.",
+            headers={"Allow": allowed},
+        )
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("No such route.", code="not_found")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("The request body is too large.")
+    error = GatewayError(exc.reason, code=None)
+    error.status = exc.status
+    error.type = "invalid_request_error" if exc.status < 500 else "server_error"
+    return error
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind the request id; turn every error into an OpenAI error body, never a traceback."""
+    request_id = request_id_of(request)
+    request[REQUEST_ID_KEY] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        return json_error(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(_from_http_exception(exc), request_id)
+    except Exception:
+        log.exception("request_failed", path=request.path)
+        return json_error(GatewayError("The gateway failed to handle the request."), request_id)
+    if not response.prepared:
+        response.headers[REQUEST_ID] = request_id
+    return response

@@ -1,0 +1,64 @@
+"""Exceptions raised by providers.
+
+Every SDK or network exception is translated into one of these *by type* at the
+provider boundary (opening the stream and iterating it alike)::
+
+    ProviderError                 the upstream could not produce (the rest of) a reply
+    ├── ProviderTimeout           connect, first-token or idle timeout
+    ├── ProviderRateLimited       upstream said 429; ``retry_after`` seconds if it said
+    ├── ProviderAuthError         upstream rejected *our* credentials (401/403)
+    ├── ProviderBadRequest        upstream rejected the request itself (400/404/422)
+    └── ProviderUnavailable       refused, reset, 5xx, cut mid-stream, in-band error
+
+The gateway maps these onto its own HTTP errors (``gateway.errors``). ``retryable``
+tells the gateway whether another attempt (same upstream or a fallback) may help.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base class: the upstream could not produce (the rest of) a reply."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: The upstream's HTTP status, when there was one.
+        self.status = status
+
+
+class ProviderTimeout(ProviderError):
+    """Connect, first-token or idle timeout."""
+
+
+class ProviderRateLimited(ProviderError):
+    """The upstream answered 429."""
+
+    def __init__(
+        self, message: str, *, status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ProviderAuthError(ProviderError):
+    """The upstream rejected the gateway's credentials: an operator problem."""
+
+    retryable = False
+
+
+class ProviderBadRequest(ProviderError):
+    """The upstream rejected the request itself; retrying cannot help."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = 400, param: str | None = None) -> None:
+        super().__init__(message, status=status)
+        #: The request field at fault, when known (e.g. ``fake.reply_tokens``).
+        self.param = param
+
+
+class ProviderUnavailable(ProviderError):
+    """Refused, reset, 5xx, a stream cut without a finish, or an in-band error."""

