@@ -78,8 +78,7 @@ async def _first_event(route: Route, request: ChatRequest) -> Opened:
     except TimeoutError:
         await close_events(events)
         raise ProviderTimeout(
-            f"upstream '{route.name}' sent no token within "
-            f"{route.config.timeouts.first_token:g} s"
+            f"upstream '{route.name}' sent no token within {route.config.timeouts.first_token:g} s"
         ) from None
     except StopAsyncIteration:
         raise ProviderUnavailable(f"upstream '{route.name}' ended without a reply") from None
@@ -89,9 +88,7 @@ async def _first_event(route: Route, request: ChatRequest) -> Opened:
     return Opened(route=route, first=first, events=events)
 
 
-async def open_stream(
-    routes: list[Route], build_request: Callable[[Route], ChatRequest]
-) -> Opened:
+async def open_stream(routes: list[Route], build_request: Callable[[Route], ChatRequest]) -> Opened:
     """Start a reply on the first route that delivers a first event.
 
     Raises the most telling :class:`ProviderError` when every attempt failed.

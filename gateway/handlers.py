@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-import orjson
 import structlog
 from aiohttp import web
 
 from gateway.errors import Overloaded, PayloadTooLarge
-from gateway.middleware import REQUEST_ID, REQUEST_ID_KEY
+from gateway.middleware import REQUEST_ID, REQUEST_ID_KEY, json_response
 from gateway.relay import Reply, StreamSession, collect
 from gateway.schema import model_list, parse_request
 from gateway.state import STATE
@@ -17,10 +16,6 @@ from gateway.state import STATE
 log = structlog.get_logger("tokenpipe.http")
 
 _STARTED = int(time.time())
-
-
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -46,9 +41,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if state.draining or (settings.max_streams and state.active >= settings.max_streams):
         why = "shutting down" if state.draining else "at its stream limit"
         log.info("stream_finished", reason="rejected", detail=why)
-        raise Overloaded(
-            f"The gateway is {why}; retry shortly.", headers={"Retry-After": "1"}
-        )
+        raise Overloaded(f"The gateway is {why}; retry shortly.", headers={"Retry-After": "1"})
     reply = Reply(
         request=chat,
         routes=routes,
@@ -66,14 +59,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 headers={REQUEST_ID: request[REQUEST_ID_KEY]},
             )
             return await session.run()
-        return _json(await collect(reply))
+        return json_response(await collect(reply))
     finally:
         state.active -= 1
 
 
 async def list_models(request: web.Request) -> web.Response:
     """``GET /v1/models``."""
-    return _json(model_list(request.app[STATE].registry.names(), _STARTED))
+    return json_response(model_list(request.app[STATE].registry.names(), _STARTED))
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -81,12 +74,12 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     registry = request.app[STATE].registry
     registry.resolve(name)  # raises NotFound
-    return _json(model_list([name], _STARTED)["data"][0])
+    return json_response(model_list([name], _STARTED)["data"][0])
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness and readiness: 503 while draining, so load balancers move on."""
     state = request.app[STATE]
     if state.draining:
-        return _json({"status": "draining", "active_streams": state.active}, status=503)
-    return _json({"status": "ok", "active_streams": state.active})
+        return json_response({"status": "draining", "active_streams": state.active}, status=503)
+    return json_response({"status": "ok", "active_streams": state.active})

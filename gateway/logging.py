@@ -19,9 +19,7 @@ LogFormat = Literal["auto", "json", "console"]
 
 def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     """Route structlog (and the stdlib's aiohttp logs) to stderr."""
-    console = fmt == "console" or (
-        fmt == "auto" and (level == "debug" or sys.stderr.isatty())
-    )
+    console = fmt == "console" or (fmt == "auto" and (level == "debug" or sys.stderr.isatty()))
     numeric = logging.getLevelNamesMapping()[level.upper()]
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -43,4 +41,6 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     # aiohttp's own loggers (access log off: stream_finished says more per request).
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(message)s"
+    )

@@ -20,20 +20,27 @@ REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-
 def request_id_of(request: web.Request) -> str:
     """The client's ``X-Request-ID`` when it is sane, else a new one."""
     given = request.headers.get(REQUEST_ID, "")
     return given if _VALID_ID.match(given) else uuid.uuid4().hex
 
 
-def json_error(exc: GatewayError, request_id: str) -> web.Response:
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response serialised with orjson."""
     return web.Response(
-        status=exc.status,
-        body=orjson.dumps(exc.body()),
+        status=status,
+        body=orjson.dumps(body),
         content_type="application/json",
-        headers={**exc.headers, REQUEST_ID: request_id},
+        charset="utf-8",
+        headers=headers,
     )
+
+
+def json_error(exc: GatewayError, request_id: str) -> web.Response:
+    return json_response(exc.body(), exc.status, {**exc.headers, REQUEST_ID: request_id})
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:

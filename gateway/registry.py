@@ -86,8 +86,7 @@ class Registry:
         route = self._routes.get(self._aliases.get(name, name))
         if route is None:
             raise NotFound(
-                f"The model '{name}' does not exist. Available models: "
-                f"{', '.join(self.names())}.",
+                f"The model '{name}' does not exist. Available models: {', '.join(self.names())}.",
                 param="model",
             )
         chain = [route]

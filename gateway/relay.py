@@ -124,7 +124,7 @@ class StreamSession:
         self._heartbeat = heartbeat
         self._loop = asyncio.get_running_loop()
         self._last_event = self._loop.time()
-        self._first_event_seen = False
+        self._first_event = asyncio.Event()
         self._http_request = http_request
 
     async def run(self) -> web.StreamResponse:
@@ -171,8 +171,8 @@ class StreamSession:
             idle_limit = self._idle_limit()
             if idle_limit is not None:
                 wake = min(wake, self._last_event + idle_limit)
-            done, _ = await asyncio.wait({pump}, timeout=max(0.0, wake - self._loop.time()))
-            if done:
+            await self._wait(pump, max(0.0, wake - self._loop.time()))
+            if pump.done():
                 return pump.exception()
             now = self._loop.time()
             if idle_limit is not None and now - self._last_event >= idle_limit:
@@ -186,9 +186,21 @@ class StreamSession:
                     await self._stop(pump)
                     return exc
 
+    async def _wait(self, pump: asyncio.Task[None], delay: float) -> None:
+        """Wait for the pump to end or ``delay`` seconds; before the first event, also for it
+        (the idle timer starts then)."""
+        if self._first_event.is_set():
+            await asyncio.wait({pump}, timeout=delay)
+            return
+        first = asyncio.ensure_future(self._first_event.wait())
+        try:
+            await asyncio.wait({pump, first}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first.cancel()
+
     def _idle_limit(self) -> float | None:
         route = self.reply.route
-        if route is None or not self._first_event_seen:
+        if route is None or not self._first_event.is_set():
             return None  # before the first event, attempts enforce first_token
         return route.config.timeouts.idle
 
@@ -239,8 +251,8 @@ class StreamSession:
             model=reply.request.model,
             include_usage=reply.request.include_usage,
         )
-        self._first_event_seen = True
         self._last_event = loop.time()
+        self._first_event.set()
         await stream.open()
         await send(frame(encoder.role()))
 
@@ -274,7 +286,9 @@ class StreamSession:
         if reply.finish is None:
             raise ProviderUnavailable("upstream stream ended without a finish reason")
         if reply.request.include_usage:
-            await send(frame(encoder.usage(reply.prompt_tokens(), reply.reported_completion_tokens())))
+            await send(
+                frame(encoder.usage(reply.prompt_tokens(), reply.reported_completion_tokens()))
+            )
         await send(sse.DONE)
         reply.reason = "length" if reply.finish == "length" else "stop"
         await stream.close()
@@ -301,8 +315,7 @@ async def collect(reply: Reply) -> dict[str, Any]:
             raise from_provider_error(exc) from None
         except TimeoutError:
             raise UpstreamTimeout(
-                f"upstream sent nothing for {opened.route.config.timeouts.idle:g} s "
-                "(idle timeout)"
+                f"upstream sent nothing for {opened.route.config.timeouts.idle:g} s (idle timeout)"
             ) from None
         finally:
             await close_events(opened.events)

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -60,20 +61,28 @@ class GatewayProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "TOKENPIPE_LOG_FORMAT": "json", **(env or {})}
+        # Logs go to a file, not a pipe: an unread pipe fills up and blocks the gateway.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--port", str(self.port), *args],
             cwd=ROOT,
             env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
         )
+
+    def logs(self) -> str:
+        """Everything the process wrote to stderr so far."""
+        if self._log.closed:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
-                raise RuntimeError(f"gateway exited {self.proc.returncode}: {err.decode()}")
+                raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.logs()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
@@ -85,11 +94,13 @@ class GatewayProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            _, err = self.proc.communicate(timeout=30)
+            self.proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
-        return self.proc.returncode, err.decode()
+            self.proc.wait()
+        logs = self.logs()
+        self._log.close()
+        return self.proc.returncode, logs
 
 
 @pytest.fixture
@@ -105,4 +116,5 @@ def gateway_process() -> Iterator[Callable[..., GatewayProcess]]:
 
     yield start
     for proc in started:
-        proc.stop()
+        if not proc._log.closed:
+            proc.stop()

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 from openai.types.chat import ChatCompletionChunk
 
+from providers.base import ChatRequest
+from providers.fake import FakeProvider
+from providers.tokenizer import Tokenizer
 from tests.sse_client import chat, stream_request
+
+
+def expected_tokens(prompt: str, seed: int, count: int) -> list[str]:
+    """The fake provider's first tokens for a one-message chat, computed directly."""
+    provider = FakeProvider(Tokenizer.load())
+    request = ChatRequest(
+        model="fake-fast", messages=[{"role": "user", "content": prompt}], seed=seed
+    )
+    return [event.text for event in provider.reply(request, None)[:count]]
 
 
 async def test_short_stream_exact_bytes(gateway_url: str) -> None:
@@ -15,28 +28,26 @@ async def test_short_stream_exact_bytes(gateway_url: str) -> None:
     got = await stream_request(gateway_url, body, headers={"X-Request-ID": "req-1"})
     assert got.status == 200
     created = orjson.loads(got.data[0])["created"]
+    assert abs(created - time.time()) < 60
     head = (
-        '{"id":"chatcmpl-req-1","object":"chat.completion.chunk","created":%d,'
-        '"model":"fake-fast","system_fingerprint":null,"choices":' % created
+        '{"id":"chatcmpl-req-1","object":"chat.completion.chunk",'
+        f'"created":{created},"model":"fake-fast","system_fingerprint":null,"choices":'
     )
-    tokens = [c["choices"][0]["delta"]["content"] for c in got.chunks[1:4]]
+    tail = ',"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+    tokens = expected_tokens("Say hi", 7, 3)
+    assert tokens == ["Here", " is", " how"]
     expected = (
-        f'data: {head}[{{"index":0,"delta":{{"role":"assistant","content":""}},'
-        f'"logprobs":null,"finish_reason":null}}],"usage":null}}\n\n'
+        f'data: {head}[{{"index":0,"delta":{{"role":"assistant","content":""}}{tail}'
         + "".join(
-            f'data: {head}[{{"index":0,"delta":{{"content":{orjson.dumps(t).decode()}}},'
-            f'"logprobs":null,"finish_reason":null}}],"usage":null}}\n\n'
-            for t in tokens
+            f'data: {head}[{{"index":0,"delta":{{"content":"{token}"}}{tail}' for token in tokens
         )
         + f'data: {head}[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"length"}}],'
-        f'"usage":null}}\n\n'
-        f'data: {head}[],"usage":{{"prompt_tokens":{got.chunks[-1]["usage"]["prompt_tokens"]},'
-        f'"completion_tokens":3,"total_tokens":{got.chunks[-1]["usage"]["prompt_tokens"] + 3}}}}}'
+        '"usage":null}\n\n'
+        f'data: {head}[],"usage":{{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}}}'
         "\n\n"
         "data: [DONE]\n\n"
     )
     assert got.raw.decode() == expected
-    assert all(tokens)
 
 
 async def test_sse_headers_and_request_id_echo(gateway_url: str) -> None:
@@ -119,14 +130,18 @@ async def test_prompt_tokens_counted_with_tiktoken(gateway_url: str) -> None:
         "stream_options": {"include_usage": True},
     }
     got = await stream_request(gateway_url, body)
-    expected = 3 + sum(3 + len(enc.encode(m["role"])) + len(enc.encode(m["content"])) for m in messages)
+    expected = 3 + sum(
+        3 + len(enc.encode(m["role"])) + len(enc.encode(m["content"])) for m in messages
+    )
     assert got.chunks[-1]["usage"]["prompt_tokens"] == expected
 
 
 async def test_max_tokens_gives_length(gateway_url: str) -> None:
     for field in ("max_tokens", "max_completion_tokens"):
         got = await stream_request(gateway_url, chat(**{field: 17}))
-        content = [c for c in got.chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+        content = [
+            c for c in got.chunks if c["choices"] and c["choices"][0]["delta"].get("content")
+        ]
         assert len(content) == 17
         assert got.chunks[-1]["choices"][0]["finish_reason"] == "length"
 
