@@ -1,0 +1,117 @@
+"""Reading upstream responses: an incremental Server-Sent Events parser, and Retry-After.
+
+:class:`SSEParser` turns the bytes of a ``text/event-stream`` body, in chunks of any
+size, into :class:`SSEEvent` values, following the WHATWG event-stream parsing rules:
+lines end in CRLF, LF or CR (a CR at the end of one chunk may pair with an LF at the
+start of the next); a leading UTF-8 BOM is dropped; ``:`` lines are comments; one
+space after the colon is removed; ``data`` lines are joined with LF; an event is
+dispatched on a blank line, and only if it has data; an unterminated event at the end
+of the stream is discarded.
+
+Intentional divergences: ``data`` stays ``bytes`` (``orjson`` parses bytes directly,
+so each event saves a decode), and ``id`` / ``retry`` are ignored (an upstream relay
+never reconnects with ``Last-Event-ID``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from datetime import UTC
+from typing import NamedTuple
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class SSEEvent(NamedTuple):
+    """One dispatched event: its type (``"message"`` when unnamed) and its data."""
+
+    event: str
+    data: bytes
+
+
+class SSEParser:
+    """Incremental event-stream parser: feed it chunks, get whole events back."""
+
+    __slots__ = ("_carry", "_data", "_event", "_started")
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._data: list[bytes] = []
+        self._event = ""
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Parse ``chunk`` and return the events it completes (often none or one)."""
+        buf = self._carry + chunk if self._carry else chunk
+        if not self._started:
+            if len(buf) < len(_BOM) and _BOM.startswith(buf):
+                self._carry = buf
+                return []
+            self._started = True
+            if buf.startswith(_BOM):
+                buf = buf[len(_BOM) :]
+        hold = b""
+        if b"\r" in buf:
+            if buf.endswith(b"\r"):
+                # Possibly the first half of a CRLF split across chunks.
+                buf, hold = buf[:-1], b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        self._carry = lines.pop() + hold
+        events: list[SSEEvent] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                    events.append(SSEEvent(self._event or "message", data))
+                    self._data = []
+                self._event = ""
+                continue
+            name, colon, value = line.partition(b":")
+            if not colon:
+                value = b""
+            elif value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value)
+            elif name == b"event":
+                self._event = value.decode("utf-8", "replace")
+            # Comments (empty name), id, retry and unknown fields are ignored.
+        return events
+
+
+def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait according to ``retry-after-ms`` or ``Retry-After``, if present.
+
+    ``Retry-After`` may be delta-seconds or an HTTP-date; ``retry-after-ms`` (sent by
+    OpenAI) is preferred for its precision. ``headers`` must look names up
+    case-insensitively (aiohttp's and httpx's header mappings both do).
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None and (ms := _finite(raw_ms)) is not None:
+        return max(0.0, ms / 1000.0)
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _finite(raw)
+    if seconds is not None:
+        return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with no zone information
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
