@@ -13,6 +13,7 @@ from gateway import handlers
 from gateway.middleware import error_middleware
 from gateway.registry import Registry
 from gateway.state import SETTINGS, STATE, GatewayState
+from gateway.ui import setup_ui
 from providers.tokenizer import Tokenizer
 
 log = structlog.get_logger("tokenpipe.app")
@@ -47,10 +48,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_get("/healthz", handlers.healthz)
-    try:
-        from gateway.ui import setup_ui
-    except ImportError:  # the chat page is optional while it is being written
-        pass
-    else:
-        setup_ui(app)
+    setup_ui(app)
     return app

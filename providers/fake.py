@@ -121,14 +121,19 @@ class FakeProvider:
             self._cache.move_to_end(key)
             return cached
         rng = seeded_rng(whole, request.seed)
-        target = reply_tokens if reply_tokens is not None else rng.randint(150, 400)
-        min_chars = target * 5
-        while True:
-            pieces = self._tokenizer.pieces(compose_reply(last_user, rng, min_chars))
-            if len(pieces) >= target:
-                break
-            min_chars *= 2
-        events = tuple(TextDelta(p) for p in pieces[:target])
+        if reply_tokens is None:
+            # A whole reply (never cut mid-sentence) of roughly 150-400 tokens.
+            text = compose_reply(last_user, rng, min_chars=rng.randint(150, 400) * 4)
+            pieces = self._tokenizer.pieces(text)
+        else:
+            min_chars = reply_tokens * 5
+            while True:
+                pieces = self._tokenizer.pieces(compose_reply(last_user, rng, min_chars))
+                if len(pieces) >= reply_tokens:
+                    break
+                min_chars *= 2
+            pieces = pieces[:reply_tokens]
+        events = tuple(TextDelta(p) for p in pieces)
         self._cache[key] = events
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

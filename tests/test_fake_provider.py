@@ -77,7 +77,10 @@ async def test_default_length_is_a_few_hundred_and_deterministic(tokenizer: Toke
         b = await collect(FakeProvider(tokenizer), request(f"question {i}"))
         assert a == b
         lengths.add(len(a) - 2)
-    assert all(150 <= n <= 400 for n in lengths)
+        text = "".join(e.text for e in a if isinstance(e, TextDelta))
+        # A whole reply: it ends where a sentence ends, never cut mid-word.
+        assert text.endswith((".", "?", "!")), text[-40:]
+    assert all(120 <= n <= 600 for n in lengths)
     assert len(lengths) > 1
 
 
