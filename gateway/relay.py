@@ -79,7 +79,11 @@ class Reply:
         )
 
     def reported_completion_tokens(self) -> int:
-        return self.usage.completion_tokens if self.usage is not None else self.completion_tokens
+        """The upstream's count, else tiktoken's over the text (an upstream chunk may
+        carry several tokens, so counting events would undercount)."""
+        if self.usage is not None:
+            return self.usage.completion_tokens
+        return self.tokenizer.count("".join(self.texts)) if self.texts else 0
 
     def log_finished(self, **extra: Any) -> None:
         now = time.perf_counter()
@@ -258,12 +262,15 @@ class StreamSession:
 
         event = opened.first
         events = opened.events
+        texts = reply.texts
         tokens = 0
         try:
             while True:
                 kind = type(event)
                 if kind is TextDelta:
-                    await send(frame(encoder.content(event.text)))  # type: ignore[union-attr]
+                    text = event.text  # type: ignore[union-attr]
+                    await send(frame(encoder.content(text)))
+                    texts.append(text)
                     tokens += 1
                     if tokens == 1:
                         reply.first_token_at = time.perf_counter()
