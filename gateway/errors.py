@@ -8,7 +8,8 @@
     ├── MethodNotAllowed          405
     ├── PayloadTooLarge           413  body over ``max_body_bytes``
     ├── RequestTimeout            408  headers/body not read in time (slow-loris)
-    ├── Overloaded                503  ``max_streams`` reached, or draining (Retry-After)
+    ├── Overloaded                503  ``max_streams`` reached (Retry-After)
+    │   └── ShuttingDown          503  draining; in-band when the drain time ran out
     └── UpstreamError             translated from ``providers.errors.ProviderError``
         ├── UpstreamRateLimited   429  Retry-After passed on
         ├── UpstreamTimeout       504
@@ -99,6 +100,10 @@ class Overloaded(GatewayError):
     status = 503
     type = "server_error"
     code = "overloaded"
+
+
+class ShuttingDown(Overloaded):
+    code = "server_shutting_down"
 
 
 class UpstreamError(GatewayError):

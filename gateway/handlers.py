@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 
 import structlog
 from aiohttp import web
 
-from gateway.errors import Overloaded, PayloadTooLarge
+from gateway.errors import Overloaded, PayloadTooLarge, RequestTimeout, ShuttingDown
 from gateway.middleware import REQUEST_ID, REQUEST_ID_KEY, json_response
 from gateway.relay import Reply, StreamSession, collect
 from gateway.schema import model_list, parse_request
@@ -18,37 +20,51 @@ log = structlog.get_logger("tokenpipe.http")
 _STARTED = int(time.time())
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refusing one over ``limit`` before reading it whole."""
+async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
+    """The body, refusing one over ``limit`` before reading it whole, or too slow."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"The request body is {request.content_length} bytes; the limit is {limit}."
         )
     try:
-        return await request.read()
+        async with asyncio.timeout(seconds):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.") from None
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {seconds:g} s.",
+            headers={"Connection": "close"},
+        ) from None
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``, streaming or not."""
     state = request.app[STATE]
     settings = state.settings
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await _read_body(request, settings.max_body_bytes, settings.request_read_timeout_seconds)
     chat = parse_request(body)
     routes = state.registry.resolve(chat.model)
     structlog.contextvars.bind_contextvars(model=chat.model, stream=chat.stream)
-    if state.draining or (settings.max_streams and state.active >= settings.max_streams):
-        why = "shutting down" if state.draining else "at its stream limit"
-        log.info("stream_finished", reason="rejected", detail=why)
-        raise Overloaded(f"The gateway is {why}; retry shortly.", headers={"Retry-After": "1"})
+    if state.draining:
+        log.info("stream_finished", reason="rejected", detail="draining")
+        raise ShuttingDown(
+            "The gateway is shutting down; retry the request.", headers={"Retry-After": "1"}
+        )
+    if settings.max_streams and state.active >= settings.max_streams:
+        log.info("stream_finished", reason="rejected", detail="max_streams")
+        raise Overloaded(
+            f"The gateway is at its limit of {settings.max_streams} concurrent streams; "
+            "retry shortly.",
+            headers={"Retry-After": "1"},
+        )
     reply = Reply(
         request=chat,
         routes=routes,
         request_id=request[REQUEST_ID_KEY],
         tokenizer=state.tokenizer,
     )
-    state.active += 1
+    state.enter()
     try:
         if chat.stream:
             session = StreamSession(
@@ -57,11 +73,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 heartbeat=settings.heartbeat_seconds,
                 send_timeout=settings.send_timeout_seconds,
                 headers={REQUEST_ID: request[REQUEST_ID_KEY]},
+                inflight=state.inflight,
             )
             return await session.run()
-        return json_response(await collect(reply))
+        return json_response(await collect(reply, state.inflight))
     finally:
-        state.active -= 1
+        state.leave()
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -80,6 +97,9 @@ async def get_model(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """Liveness and readiness: 503 while draining, so load balancers move on."""
     state = request.app[STATE]
-    if state.draining:
-        return json_response({"status": "draining", "active_streams": state.active}, status=503)
-    return json_response({"status": "ok", "active_streams": state.active})
+    body = {
+        "status": "draining" if state.draining else "ok",
+        "active_streams": state.active,
+        "pid": os.getpid(),
+    }
+    return json_response(body, status=503 if state.draining else 200)

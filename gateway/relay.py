@@ -28,7 +28,7 @@ from aiohttp import web
 
 from gateway import sse
 from gateway.attempts import Opened, close_events, open_stream
-from gateway.errors import GatewayError, UpstreamTimeout, from_provider_error
+from gateway.errors import GatewayError, ShuttingDown, UpstreamTimeout, from_provider_error
 from gateway.event_stream import ClientGone, EventStream, SendTimeout
 from gateway.registry import Route
 from gateway.schema import ChatCompletionRequest, ChunkEncoder, completion_body
@@ -55,6 +55,8 @@ class Reply:
     finish: FinishReason | None = None
     usage: Usage | None = None
     reason: str = "upstream_error"
+    #: Set when the drain time ran out and this reply is being cut.
+    shutting_down: bool = False
     texts: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -104,7 +106,16 @@ class Reply:
 def _end_reason(exc: BaseException) -> str:
     if isinstance(exc, UpstreamTimeout):
         return "timeout"
+    if isinstance(exc, ShuttingDown):
+        return "shutdown"
     return "upstream_error"
+
+
+def _shutdown_error() -> ShuttingDown:
+    return ShuttingDown(
+        "The server is shutting down and the reply was cut short; retry the request.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _in_band(exc: GatewayError) -> bytes:
@@ -122,8 +133,10 @@ class StreamSession:
         heartbeat: float,
         send_timeout: float,
         headers: dict[str, str],
+        inflight: dict[asyncio.Task[None], Reply],
     ) -> None:
         self.reply = reply
+        self._inflight = inflight
         self.stream = EventStream(http_request, headers=headers, send_timeout=send_timeout)
         self._heartbeat = heartbeat
         self._loop = asyncio.get_running_loop()
@@ -134,6 +147,7 @@ class StreamSession:
     async def run(self) -> web.StreamResponse:
         """Relay the reply; raises :class:`GatewayError` only before headers went out."""
         pump = asyncio.create_task(self._pump())
+        self._inflight[pump] = self.reply
         try:
             outcome = await self._supervise(pump)
         except asyncio.CancelledError:
@@ -141,6 +155,8 @@ class StreamSession:
             await self._stop(pump)
             self.reply.log_finished()
             raise
+        finally:
+            del self._inflight[pump]
         if isinstance(outcome, GatewayError):
             self.reply.reason = _end_reason(outcome)
             if not self.stream.opened:
@@ -177,6 +193,8 @@ class StreamSession:
                 wake = min(wake, self._last_event + idle_limit)
             await self._wait(pump, max(0.0, wake - self._loop.time()))
             if pump.done():
+                if pump.cancelled():  # only ``GatewayState.cut_inflight`` cancels it
+                    return _shutdown_error()
                 return pump.exception()
             now = self._loop.time()
             if idle_limit is not None and now - self._last_event >= idle_limit:
@@ -301,12 +319,15 @@ class StreamSession:
         await stream.close()
 
 
-async def collect(reply: Reply) -> dict[str, Any]:
+async def collect(reply: Reply, inflight: dict[asyncio.Task[None], Reply]) -> dict[str, Any]:
     """A non-streaming reply: the whole ``chat.completion`` body.
 
     Raises :class:`GatewayError`; a client that goes away cancels the task, which
     closes the provider's iterator.
     """
+    task = asyncio.current_task()
+    assert task is not None
+    inflight[task] = reply
     try:
         try:
             opened = await open_stream(reply.routes, reply.build_request)
@@ -331,9 +352,16 @@ async def collect(reply: Reply) -> dict[str, Any]:
         reply.log_finished(error=exc.message)
         raise
     except asyncio.CancelledError:
-        reply.reason = "client_gone"
+        if not reply.shutting_down:
+            reply.reason = "client_gone"
+            reply.log_finished()
+            raise
+        task.uncancel()
+        reply.reason = "shutdown"
         reply.log_finished()
-        raise
+        raise _shutdown_error() from None
+    finally:
+        del inflight[task]
     assert reply.finish is not None
     reply.reason = "length" if reply.finish == "length" else "stop"
     reply.log_finished()

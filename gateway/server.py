@@ -1,17 +1,38 @@
-"""Running the application: the event loop, signals and graceful shutdown."""
+"""Running the gateway: event loop, signals, graceful drain, and worker processes.
+
+On SIGTERM or SIGINT a server *drains*: it keeps its socket open so that new
+requests get a clear 503 (and ``/healthz`` says ``draining``, so load balancers
+move on), lets replies in flight run to completion for up to ``drain_seconds``,
+then cuts those still open with one in-band error event, and exits 0.
+
+With ``workers > 1`` the parent starts that many server processes bound to the
+same port with ``SO_REUSEPORT`` (the kernel spreads connections across them), passes
+SIGTERM/SIGINT on to all of them, and exits when they have all drained.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+import sys
 
 import structlog
 from aiohttp import web
 
 from config import Settings
 from gateway.app import create_app
+from gateway.guard import GuardedAppRunner
 from gateway.logging import configure_logging
+from gateway.state import STATE
 
 log = structlog.get_logger("tokenpipe.server")
+
+#: After the drain deadline, how long cut replies get to write their error event.
+_CUT_GRACE_SECONDS = 2.0
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -23,19 +44,118 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def serve(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM, then drain in-flight streams and exit 0."""
-    configure_logging(settings.log_level, settings.log_format)
+async def _wait_for_signal() -> int:
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not received.done():
+            received.set_result(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await received
+    finally:
+        # A second signal during the drain is ignored: the drain has its own deadline.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: None)
+
+
+async def drain(app: web.Application, seconds: float) -> None:
+    """Refuse new replies, wait for those in flight, then cut what remains."""
+    state = app[STATE]
+    state.draining = True
+    log.info("draining", active_streams=state.active, drain_seconds=seconds)
+    if not await state.wait_idle(seconds):
+        cut = state.cut_inflight()
+        log.warning("drain_deadline_reached", cut_streams=cut)
+        await state.wait_idle(_CUT_GRACE_SECONDS)
+
+
+async def run_server(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and return."""
     app = create_app(settings)
-    log.info("gateway_starting", host=settings.host, port=settings.port)
-    web.run_app(
+    runner = GuardedAppRunner(
         app,
-        host=settings.host,
-        port=settings.port,
+        header_timeout=settings.request_read_timeout_seconds,
         # Cancel a handler when its client disconnects: that is how generation stops.
         handler_cancellation=True,
-        shutdown_timeout=settings.drain_seconds,
         access_log=None,
-        print=None,
-        loop=_new_loop(),
+        # Replies were drained already; what is left is idle keep-alive connections.
+        shutdown_timeout=1.0,
     )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024
+        )
+        await site.start()
+        log.info("gateway_listening", host=settings.host, port=settings.port, pid=os.getpid())
+        signum = await _wait_for_signal()
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        await drain(app, settings.drain_seconds)
+    finally:
+        await runner.cleanup()
+    log.info("gateway_stopped")
+
+
+def _worker(settings: Settings) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+    # The parent forwards SIGINT as SIGTERM; a terminal's Ctrl-C reaches every
+    # process of the group, and one drain per worker is what we want either way.
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        runner.run(run_server(settings, reuse_port=True))
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _supervise_workers(settings: Settings) -> int:
+    if settings.port == 0:
+        settings = settings.model_copy(update={"port": _free_port(settings.host)})
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_worker, args=(settings,), name=f"tokenpipe-worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    log.info("workers_started", workers=len(workers), port=settings.port)
+
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = 0
+    while any(w.is_alive() for w in workers):
+        for worker in workers:
+            worker.join(timeout=0.2)
+            if not worker.is_alive() and worker.exitcode and not stopping:
+                failed += 1
+                log.error("worker_died", worker=worker.name, exitcode=worker.exitcode)
+    log.info("workers_stopped", failed=failed)
+    return 1 if failed else 0
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM, drain in-flight replies and exit 0."""
+    configure_logging(settings.log_level, settings.log_format)
+    log.info("gateway_starting", host=settings.host, port=settings.port, workers=settings.workers)
+    if settings.workers > 1:
+        sys.exit(_supervise_workers(settings))
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        runner.run(run_server(settings))

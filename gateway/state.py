@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from config import Settings
 from gateway.registry import Registry
 from providers.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from gateway.relay import Reply
 
 
 @dataclass(slots=True)
@@ -22,6 +28,38 @@ class GatewayState:
     active: int = 0
     #: Set on SIGTERM/SIGINT: new requests are refused, in-flight ones finish.
     draining: bool = False
+    #: Replies in flight, by the task that produces them (cancelled at the drain deadline).
+    inflight: dict[asyncio.Task[None], Reply] = field(default_factory=dict)
+    #: Set whenever no reply is in flight.
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def enter(self) -> None:
+        """A reply starts."""
+        self.active += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        """A reply ended, however it ended."""
+        self.active -= 1
+        if not self.active:
+            self.idle.set()
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for no reply to be in flight; True if none is."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.idle.wait()
+        return not self.active
+
+    def cut_inflight(self) -> int:
+        """Cut every reply still in flight (the drain time ran out); returns how many."""
+        for task, reply in list(self.inflight.items()):
+            reply.shutting_down = True
+            task.cancel()
+        return len(self.inflight)
 
 
 STATE = web.AppKey("state", GatewayState)

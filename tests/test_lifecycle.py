@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from typing import Any
@@ -112,4 +113,4 @@ async def test_failure_after_ping_is_reported_in_band(make_gateway: Any) -> None
 async def test_healthz(gateway_url: str) -> None:
     async with aiohttp.ClientSession() as session, session.get(f"{gateway_url}/healthz") as resp:
         assert resp.status == 200
-        assert await resp.json() == {"status": "ok", "active_streams": 0}
+        assert await resp.json() == {"status": "ok", "active_streams": 0, "pid": os.getpid()}
