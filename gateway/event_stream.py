@@ -37,7 +37,15 @@ class EventStream:
     stream buffers.
     """
 
-    __slots__ = ("_request", "_response", "_send_timeout", "last_write", "opened")
+    __slots__ = (
+        "_loop",
+        "_request",
+        "_response",
+        "_send_timeout",
+        "_transport",
+        "last_write",
+        "opened",
+    )
 
     def __init__(
         self, request: web.Request, *, headers: dict[str, str], send_timeout: float
@@ -45,6 +53,8 @@ class EventStream:
         self._request = request
         self._response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
         self._send_timeout = send_timeout
+        self._loop = asyncio.get_running_loop()
+        self._transport = request.transport
         self.opened = False
         #: Loop time of the last write, for keep-alives.
         self.last_write = 0.0
@@ -66,7 +76,7 @@ class EventStream:
 
     async def send(self, frame: bytes) -> None:
         """Write one framed event, waiting for the socket when a backlog exists."""
-        transport = self._request.transport
+        transport = self._transport
         if transport is None or transport.is_closing():
             raise ClientGone()
         try:
@@ -77,9 +87,9 @@ class EventStream:
                 await self._response.write(frame)
         except TimeoutError:
             raise SendTimeout() from None
-        except (ConnectionResetError, ConnectionError) as exc:
+        except ConnectionError as exc:
             raise ClientGone() from exc
-        self.last_write = asyncio.get_running_loop().time()
+        self.last_write = self._loop.time()
 
     async def ping(self) -> None:
         """A keep-alive comment; opens the stream when nothing was sent yet."""

@@ -2,12 +2,15 @@
 
 aiohttp waits for request headers as long as a connection stays open, so a client
 that sends one header byte at a time can hold a connection for ever. This server
-arms a timer when a connection opens and after each request is handled, and
-disarms it when a request's headers are complete (the moment aiohttp builds the
-request object). When it fires, the client gets a 408 with an OpenAI error body
-and the connection is closed. The body has its own deadline, in the handler.
+arms a timer when a connection opens, and disarms it when a request's headers are
+complete (the moment aiohttp builds the request object). When it fires, the client
+gets a 408 with an OpenAI error body and the connection is closed. The body has
+its own deadline, in the handler.
 
-An idle keep-alive connection is closed by the same timer: clients reconnect.
+After a request, the same timer is re-armed with the (longer) keep-alive timeout,
+and then closes the connection silently: it may simply be idle. That timeout is
+above common load balancers' idle timeouts (AWS ALB: 60 s), which must be shorter
+than the server's so they never send a request on a connection being closed.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class GuardedServer(web.Server):
     def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(self._rearming(handler), **kwargs)
         self._header_timeout = header_timeout
+        # aiohttp's own keep-alive timer stays too; this one also covers partial data.
+        self._keepalive_timeout: float = kwargs.get("keepalive_timeout", 75.0)
         self._expired = _timeout_response(header_timeout)
         self._guards: dict[RequestHandler, asyncio.TimerHandle] = {}
         inner_factory = self.request_factory
@@ -58,7 +63,7 @@ class GuardedServer(web.Server):
                 response: web.StreamResponse = await handler(request)
                 return response
             finally:
-                self._arm(request.protocol)
+                self._arm(request.protocol, idle=True)
 
         return handle
 
@@ -70,31 +75,40 @@ class GuardedServer(web.Server):
         self._disarm(handler)
         super().connection_lost(handler, exc)
 
-    def _arm(self, protocol: RequestHandler) -> None:
+    def _arm(self, protocol: RequestHandler, *, idle: bool = False) -> None:
         self._disarm(protocol)
         if protocol.transport is None or protocol.transport.is_closing():
             return
         loop = asyncio.get_running_loop()
-        self._guards[protocol] = loop.call_later(self._header_timeout, self._expire, protocol)
+        delay = self._keepalive_timeout if idle else self._header_timeout
+        self._guards[protocol] = loop.call_later(delay, self._expire, protocol, idle)
 
     def _disarm(self, protocol: RequestHandler) -> None:
         guard = self._guards.pop(protocol, None)
         if guard is not None:
             guard.cancel()
 
-    def _expire(self, protocol: RequestHandler) -> None:
+    def _expire(self, protocol: RequestHandler, idle: bool) -> None:
         self._guards.pop(protocol, None)
         transport = protocol.transport
         if transport is not None and not transport.is_closing():
-            transport.write(self._expired)
+            if not idle:
+                transport.write(self._expired)
             transport.close()
 
 
 class GuardedAppRunner(web.AppRunner):
     """``web.AppRunner`` whose server has the header deadline."""
 
-    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        header_timeout: float,
+        keepalive_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, keepalive_timeout=keepalive_timeout, **kwargs)
         self._header_timeout = header_timeout
 
     async def _make_server(self) -> web.Server:

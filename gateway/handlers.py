@@ -9,7 +9,7 @@ import time
 import structlog
 from aiohttp import web
 
-from gateway.errors import Overloaded, PayloadTooLarge, RequestTimeout, ShuttingDown
+from gateway.errors import BadRequest, Overloaded, PayloadTooLarge, RequestTimeout, ShuttingDown
 from gateway.middleware import REQUEST_ID, REQUEST_ID_KEY, json_response
 from gateway.relay import Reply, StreamSession, collect
 from gateway.schema import model_list, parse_request
@@ -31,11 +31,15 @@ async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.") from None
-    except TimeoutError:
-        raise RequestTimeout(
-            f"The request body did not arrive within {seconds:g} s.",
-            headers={"Connection": "close"},
+    except web.RequestPayloadError:
+        # e.g. ``Content-Encoding: gzip`` on a body that is not gzip.
+        encoding = request.headers.get("Content-Encoding", "identity")
+        raise BadRequest(
+            f"The request body could not be decoded (Content-Encoding: {encoding}).",
+            code="invalid_body",
         ) from None
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {seconds:g} s.") from None
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

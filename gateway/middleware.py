@@ -40,7 +40,10 @@ def json_response(
 
 
 def json_error(exc: GatewayError, request_id: str) -> web.Response:
-    return json_response(exc.body(), exc.status, {**exc.headers, REQUEST_ID: request_id})
+    response = json_response(exc.body(), exc.status, {**exc.headers, REQUEST_ID: request_id})
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:

@@ -281,26 +281,26 @@ class StreamSession:
         event = opened.first
         events = opened.events
         texts = reply.texts
+        content_event = encoder.content_event
         tokens = 0
         try:
             while True:
-                kind = type(event)
-                if kind is TextDelta:
-                    text = event.text  # type: ignore[union-attr]
-                    await send(frame(encoder.content(text)))
+                if isinstance(event, TextDelta):
+                    text = event.text
+                    await send(content_event(text))
                     texts.append(text)
                     tokens += 1
                     if tokens == 1:
                         reply.first_token_at = time.perf_counter()
-                elif kind is ToolCallDelta:
-                    await send(frame(encoder.tool_call(event)))  # type: ignore[arg-type]
+                elif isinstance(event, ToolCallDelta):
+                    await send(frame(encoder.tool_call(event)))
                     if reply.first_token_at is None:
                         reply.first_token_at = time.perf_counter()
-                elif kind is Finish:
-                    reply.finish = event.reason  # type: ignore[union-attr]
-                    await send(frame(encoder.finish(reply.finish)))
-                elif kind is Usage:
-                    reply.usage = event  # type: ignore[assignment]
+                elif isinstance(event, Finish):
+                    reply.finish = event.reason
+                    await send(frame(encoder.finish(event.reason)))
+                elif isinstance(event, Usage):
+                    reply.usage = event
                 try:
                     event = await anext(events)
                 except StopAsyncIteration:

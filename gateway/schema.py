@@ -158,7 +158,7 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
 class ChunkEncoder:
     """Builds the chunk JSON of one stream; every chunk shares id, created, model."""
 
-    __slots__ = ("_content_head", "_head", "_include_usage", "_tail")
+    __slots__ = ("_content_head", "_event_head", "_event_tail", "_head", "_include_usage", "_tail")
 
     def __init__(self, *, id: str, created: int, model: str, include_usage: bool) -> None:
         self._head = (
@@ -174,6 +174,11 @@ class ChunkEncoder:
         self._content_head = self._head + b'[{"index":0,"delta":{"content":'
         self._tail = b',"logprobs":null,"finish_reason":null}]' + usage_tail
         self._include_usage = include_usage
+        # orjson escapes CR and LF, so a token's chunk is always one ``data:`` line and
+        # its whole SSE event can be built in one go (tests/test_schema.py checks this
+        # equals ``sse.data_event(self.content(text))``).
+        self._event_head = b"data: " + self._content_head
+        self._event_tail = b"}" + self._tail + b"\n\n"
 
     def role(self) -> bytes:
         """The first chunk: the assistant role and empty content."""
@@ -186,6 +191,10 @@ class ChunkEncoder:
     def content(self, text: str) -> bytes:
         """A chunk carrying one token of text."""
         return self._content_head + orjson.dumps(text) + b"}" + self._tail
+
+    def content_event(self, text: str) -> bytes:
+        """The whole SSE event of :meth:`content`: the per-token hot path."""
+        return self._event_head + orjson.dumps(text) + self._event_tail
 
     def tool_call(self, delta: ToolCallDelta) -> bytes:
         """A chunk carrying one tool-call fragment."""

@@ -79,11 +79,15 @@ async def run_server(settings: Settings, *, reuse_port: bool = False) -> None:
     runner = GuardedAppRunner(
         app,
         header_timeout=settings.request_read_timeout_seconds,
+        keepalive_timeout=settings.keepalive_timeout_seconds,
         # Cancel a handler when its client disconnects: that is how generation stops.
         handler_cancellation=True,
         access_log=None,
         # Replies were drained already; what is left is idle keep-alive connections.
         shutdown_timeout=1.0,
+        # After an early error (413, 408) aiohttp reads what is left of the body before
+        # closing, so the client can read the response; a slow sender gets 2 s, not 10.
+        lingering_time=2.0,
     )
     await runner.setup()
     try:
