@@ -39,6 +39,7 @@ class EventStream:
 
     __slots__ = (
         "_loop",
+        "_opening",
         "_request",
         "_response",
         "_send_timeout",
@@ -55,6 +56,7 @@ class EventStream:
         self._send_timeout = send_timeout
         self._loop = asyncio.get_running_loop()
         self._transport = request.transport
+        self._opening: asyncio.Future[None] | None = None
         self.opened = False
         #: Loop time of the last write, for keep-alives.
         self.last_write = 0.0
@@ -64,15 +66,20 @@ class EventStream:
         return self._response
 
     async def open(self) -> None:
-        """Send the status line and headers (once)."""
-        if self.opened:
+        """Send the status line and headers (once; a ping and the first event may race)."""
+        if self._opening is not None:
+            await asyncio.shield(self._opening)
             return
+        self._opening = self._loop.create_future()
         self.opened = True
         try:
             await self._response.prepare(self._request)
         except (ConnectionResetError, RuntimeError) as exc:
+            self._opening.set_exception(ClientGone())
+            self._opening.exception()  # retrieved: the other waiters re-raise it
             raise ClientGone() from exc
-        self.last_write = asyncio.get_running_loop().time()
+        self._opening.set_result(None)
+        self.last_write = self._loop.time()
 
     async def send(self, frame: bytes) -> None:
         """Write one framed event, waiting for the socket when a backlog exists."""

@@ -9,9 +9,11 @@ import time
 import structlog
 from aiohttp import web
 
+from gateway.collect import collect
 from gateway.errors import BadRequest, Overloaded, PayloadTooLarge, RequestTimeout, ShuttingDown
 from gateway.middleware import REQUEST_ID, REQUEST_ID_KEY, json_response
-from gateway.relay import Reply, StreamSession, collect
+from gateway.relay import StreamSession
+from gateway.reply import Reply
 from gateway.schema import model_list, parse_request
 from gateway.state import STATE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -14,7 +14,7 @@ from gateway.registry import Registry
 from providers.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from gateway.relay import Reply
+    from gateway.reply import Reply
 
 
 @dataclass(slots=True)
@@ -29,7 +29,7 @@ class GatewayState:
     #: Set on SIGTERM/SIGINT: new requests are refused, in-flight ones finish.
     draining: bool = False
     #: Replies in flight, by the task that produces them (cancelled at the drain deadline).
-    inflight: dict[asyncio.Task[None], Reply] = field(default_factory=dict)
+    inflight: dict[asyncio.Task[Any], Reply] = field(default_factory=dict)
     #: Set whenever no reply is in flight.
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
