@@ -44,8 +44,10 @@ class EventStream:
 
     __slots__ = (
         "_chunked",
+        "_flush_handle",
         "_loop",
         "_opening",
+        "_pending",
         "_raw",
         "_request",
         "_response",
@@ -66,6 +68,9 @@ class EventStream:
         self._opening: asyncio.Future[None] | None = None
         self._raw = False  # after the first event: write to the transport directly
         self._chunked = True
+        #: Events written in this turn of the event loop, sent together at its end.
+        self._pending: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
         self.opened = False
         #: Loop time of the last write, for keep-alives.
         self.last_write = 0.0
@@ -101,11 +106,12 @@ class EventStream:
                 # aiohttp may hold the headers back until the first body write.
                 await self._response.write(frame)
                 self._raw = True
-            elif self._chunked:
-                transport.write(b"%x\r\n%b\r\n" % (len(frame), frame))
             else:
-                transport.write(frame)
+                self._pending.append(frame)
+                if self._flush_handle is None:
+                    self._flush_handle = self._loop.call_soon(self.flush)
             if transport.get_write_buffer_size():
+                self.flush()
                 # Returns at once unless the transport is above its high-water mark.
                 async with asyncio.timeout(self._send_timeout):
                     await self._request.writer.drain()
@@ -115,6 +121,26 @@ class EventStream:
             raise ClientGone() from exc
         self.last_write = self._loop.time()
 
+    def flush(self) -> None:
+        """Send the events written so far: one chunk, one system call.
+
+        Called at the end of the event loop's turn, so a burst of events that came in
+        one upstream read leaves in one write, while a lone event leaves as soon as
+        the task that wrote it yields.
+        """
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+
     async def ping(self) -> None:
         """A keep-alive comment; opens the stream when nothing was sent yet."""
         await self.open()
@@ -122,6 +148,7 @@ class EventStream:
 
     async def close(self) -> None:
         """End the HTTP response (the last chunk of the chunked body)."""
+        self.flush()
         transport = self._request.transport
         if transport is None or transport.is_closing():
             return
