@@ -147,11 +147,13 @@ class FakeProvider:
         if request.max_tokens is not None and request.max_tokens < len(tokens):
             tokens, finish = tokens[: request.max_tokens], "length"
 
-        timing = random.Random(request.seed)
         loop = asyncio.get_running_loop()
+        # Timing need not repeat, only the text: the shared generator, not a 2.5 KB
+        # random.Random per stream.
+        uniform = random.random
 
         def jittered(seconds: float) -> float:
-            return seconds * (1.0 + opts.jitter * (2.0 * timing.random() - 1.0))
+            return seconds * (1.0 + opts.jitter * (2.0 * uniform() - 1.0))
 
         if opts.ttft_ms > 0:
             await asyncio.sleep(jittered(opts.ttft_ms / 1000.0))
