@@ -6,9 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-import structlog
-
-from gateway.attempts import Opened, close_events, open_stream
+from gateway.attempts import Opened, close_events
 from gateway.errors import GatewayError, UpstreamTimeout, from_provider_error
 from gateway.reply import Reply, end_reason, shutdown_error
 from gateway.schema import completion_body
@@ -26,14 +24,7 @@ async def collect(reply: Reply, inflight: dict[asyncio.Task[Any], Reply]) -> dic
     assert task is not None
     inflight[task] = reply
     try:
-        try:
-            opened = await open_stream(reply.routes, reply.build_request)
-        except ProviderError as exc:
-            raise from_provider_error(exc) from None
-        reply.route = opened.route
-        structlog.contextvars.bind_contextvars(
-            route=opened.route.name, provider=opened.route.provider_kind
-        )
+        opened = await reply.open()
         try:
             await _gather(reply, opened)
         except ProviderError as exc:

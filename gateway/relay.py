@@ -32,7 +32,7 @@ import structlog
 from aiohttp import web
 
 from gateway import sse
-from gateway.attempts import Opened, close_events, open_stream
+from gateway.attempts import Opened, close_events
 from gateway.errors import GatewayError, UpstreamTimeout, from_provider_error
 from gateway.event_stream import ClientGone, EventStream, SendTimeout
 from gateway.reply import Reply, end_reason, shutdown_error
@@ -205,15 +205,7 @@ class StreamSession:
     # The pump: everything per token happens here.
 
     async def _pump(self) -> None:
-        reply = self.reply
-        try:
-            opened = await open_stream(reply.routes, reply.build_request)
-        except ProviderError as exc:
-            raise from_provider_error(exc) from None
-        reply.route = opened.route
-        structlog.contextvars.bind_contextvars(
-            route=opened.route.name, provider=opened.route.provider_kind
-        )
+        opened = await self.reply.open()
         try:
             await self._relay(opened)
         except ProviderError as exc:

@@ -13,10 +13,12 @@ from typing import Any
 
 import structlog
 
-from gateway.errors import ShuttingDown, UpstreamTimeout
+from gateway.attempts import Opened, open_stream
+from gateway.errors import ShuttingDown, UpstreamTimeout, from_provider_error
 from gateway.registry import Route
 from gateway.schema import ChatCompletionRequest
 from providers.base import ChatRequest
+from providers.errors import ProviderError
 from providers.events import FinishReason, Usage
 from providers.tokenizer import Tokenizer
 
@@ -55,6 +57,21 @@ class Reply:
             params=req.passthrough_params(),
             options=options,
         )
+
+    async def open(self) -> Opened:
+        """Start the upstream (retries, fallbacks) and bind the route to the logs.
+
+        Raises :class:`GatewayError` when no route delivered a first event.
+        """
+        try:
+            opened = await open_stream(self.routes, self.build_request)
+        except ProviderError as exc:
+            raise from_provider_error(exc) from None
+        self.route = opened.route
+        structlog.contextvars.bind_contextvars(
+            route=opened.route.name, provider=opened.route.provider_kind
+        )
+        return opened
 
     def prompt_tokens(self) -> int:
         if self.usage is not None:

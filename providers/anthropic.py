@@ -35,6 +35,7 @@ from providers.errors import (
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
+    redact,
 )
 from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
 from providers.upstream_sse import SSEParser, retry_after_seconds
@@ -231,9 +232,7 @@ class _TranslateErrors:
         if exc is None:
             return
         if isinstance(exc, ProviderError):
-            if self._secret and self._secret in exc.message:
-                exc.message = exc.message.replace(self._secret, "***")
-                exc.args = (exc.message,)
+            redact(exc, self._secret)
             return
         if isinstance(exc, aiohttp.ServerTimeoutError):
             raise ProviderTimeout("upstream timed out") from exc

@@ -62,3 +62,10 @@ class ProviderBadRequest(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     """Refused, reset, 5xx, a stream cut without a finish, or an in-band error."""
+
+
+def redact(exc: ProviderError, secret: str | None) -> None:
+    """Blank ``secret`` out of ``exc``'s message (an upstream may echo the key it got)."""
+    if secret and secret in exc.message:
+        exc.message = exc.message.replace(secret, "***")
+        exc.args = (exc.message,)

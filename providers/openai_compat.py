@@ -44,6 +44,7 @@ from providers.errors import (
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
+    redact,
 )
 from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
 from providers.upstream_sse import SSEParser, retry_after_seconds
@@ -240,9 +241,7 @@ class _TranslateErrors:
         if exc is None:
             return
         if isinstance(exc, ProviderError):
-            if self._secret and self._secret in exc.message:
-                exc.message = self._redact(exc.message)
-                exc.args = (exc.message,)
+            redact(exc, self._secret)
             return
         if isinstance(exc, openai.APIStatusError):
             raise _status_error(exc, self._redact(_upstream_message(exc))) from None
