@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import structlog
 from aiohttp import web
@@ -19,7 +18,6 @@ from gateway.state import STATE
 
 log = structlog.get_logger("tokenpipe.http")
 
-_STARTED = int(time.time())
 
 
 async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
@@ -89,7 +87,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def list_models(request: web.Request) -> web.Response:
     """``GET /v1/models``."""
-    return json_response(model_list(request.app[STATE].registry.names(), _STARTED))
+    state = request.app[STATE]
+    return json_response(model_list(state.registry.names(), state.started_at))
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -97,7 +96,7 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     registry = request.app[STATE].registry
     registry.resolve(name)  # raises NotFound
-    return json_response(model_list([name], _STARTED)["data"][0])
+    return json_response(model_list([name], request.app[STATE].started_at)["data"][0])
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ class GatewayState:
     settings: Settings
     registry: Registry
     tokenizer: Tokenizer
+    #: Unix time the gateway started (the ``created`` of its models).
+    started_at: int = field(default_factory=lambda: int(time.time()))
     #: Streams (and non-streaming replies) in flight.
     active: int = 0
     #: Set on SIGTERM/SIGINT: new requests are refused, in-flight ones finish.
