@@ -11,7 +11,8 @@ import pytest
 from pydantic import SecretStr
 
 from config.models import UpstreamConfig
-from providers.anthropic import AnthropicProvider, request_body, translate_messages
+from providers.anthropic import AnthropicProvider
+from providers.anthropic_messages import request_body, translate_messages
 from providers.base import ChatRequest, Provider
 from providers.errors import (
     ProviderAuthError,
