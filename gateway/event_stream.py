@@ -86,6 +86,7 @@ class EventStream:
             return
         self._opening = self._loop.create_future()
         self.opened = True
+        self.last_write = self._loop.time()
         try:
             await self._response.prepare(self._request)
         except (ConnectionResetError, RuntimeError) as exc:
