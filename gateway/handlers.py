@@ -19,7 +19,6 @@ from gateway.state import STATE
 log = structlog.get_logger("tokenpipe.http")
 
 
-
 async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     """The body, refusing one over ``limit`` before reading it whole, or too slow."""
     if request.content_length is not None and request.content_length > limit:
