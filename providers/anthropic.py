@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
@@ -36,7 +35,7 @@ from providers.errors import (
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
-    redact,
+    TranslateErrors,
 )
 from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
 from providers.upstream_sse import SSEParser, retry_after_seconds
@@ -209,31 +208,12 @@ async def _status_error(response: aiohttp.ClientResponse) -> ProviderError:
     return ProviderUnavailable(message, status=status)
 
 
-class _TranslateErrors:
-    """Translate aiohttp and parsing exceptions into :mod:`providers.errors`, by type.
+class _TranslateErrors(TranslateErrors):
+    """aiohttp and parsing exceptions, by type."""
 
-    Also redacts the API key from provider error messages (an upstream may echo it).
-    """
+    __slots__ = ()
 
-    __slots__ = ("_secret",)
-
-    def __init__(self, secret: str | None) -> None:
-        self._secret = secret
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            return
-        if isinstance(exc, ProviderError):
-            redact(exc, self._secret)
-            return
+    def translate(self, exc: BaseException) -> None:
         if isinstance(exc, aiohttp.ServerTimeoutError):
             raise ProviderTimeout("upstream timed out") from exc
         if isinstance(exc, aiohttp.ClientConnectorError):

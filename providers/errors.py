@@ -16,6 +16,8 @@ tells the gateway whether another attempt (same upstream or a fallback) may help
 
 from __future__ import annotations
 
+from types import TracebackType
+
 
 class ProviderError(Exception):
     """Base class: the upstream could not produce (the rest of) a reply."""
@@ -69,3 +71,41 @@ def redact(exc: ProviderError, secret: str | None) -> None:
     if secret and secret in exc.message:
         exc.message = exc.message.replace(secret, "***")
         exc.args = (exc.message,)
+
+
+class TranslateErrors:
+    """Context manager: foreign exceptions leave a provider as :class:`ProviderError`.
+
+    Wrap both the opening of the upstream request and the iteration of its body.
+    A :class:`ProviderError` raised inside is redacted (the upstream may echo the
+    key); anything else goes to :meth:`translate`, which each provider overrides to
+    raise the matching :class:`ProviderError` *by type* (or return, to let it pass).
+    """
+
+    __slots__ = ("secret",)
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, ProviderError):
+            redact(exc, self.secret)
+            return
+        self.translate(exc)
+
+    def translate(self, exc: BaseException) -> None:
+        """Raise the :class:`ProviderError` for ``exc``, or return to let it propagate."""
+
+    def redacted(self, message: str) -> str:
+        """``message`` with the secret blanked out."""
+        return message.replace(self.secret, "***") if self.secret else message

@@ -26,7 +26,6 @@ import asyncio
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
@@ -44,7 +43,7 @@ from providers.errors import (
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
-    redact,
+    TranslateErrors,
 )
 from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
 from providers.upstream_sse import SSEParser, retry_after_seconds
@@ -221,30 +220,14 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         pass  # Best effort: closing the response instead costs only a reconnect.
 
 
-class _TranslateErrors:
-    """Translate SDK and transport exceptions into :mod:`providers.errors`, by type."""
+class _TranslateErrors(TranslateErrors):
+    """SDK and transport exceptions, by type."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ()
 
-    def __init__(self, secret: str | None) -> None:
-        self._secret = secret
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            return
-        if isinstance(exc, ProviderError):
-            redact(exc, self._secret)
-            return
+    def translate(self, exc: BaseException) -> None:
         if isinstance(exc, openai.APIStatusError):
-            raise _status_error(exc, self._redact(_upstream_message(exc))) from None
+            raise _status_error(exc, self.redacted(_upstream_message(exc))) from None
         cause = _aiohttp_cause(exc)
         if cause is not None:
             # Judged by aiohttp's own exception: the SDK's vendored transport maps every
@@ -265,10 +248,7 @@ class _TranslateErrors:
         if isinstance(exc, orjson.JSONDecodeError):
             raise ProviderUnavailable("upstream sent an invalid JSON chunk") from exc
         if isinstance(exc, openai.APIError):
-            raise ProviderUnavailable(self._redact(f"upstream error: {exc.message}")) from None
-
-    def _redact(self, message: str) -> str:
-        return message.replace(self._secret, "***") if self._secret else message
+            raise ProviderUnavailable(self.redacted(f"upstream error: {exc.message}")) from None
 
 
 def _aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
