@@ -59,6 +59,8 @@ _NOT_FORWARDED: Final = frozenset(
     {"n", "stream", "stream_options", "model", "messages", "max_tokens", "seed"}
 )
 _RATE_LIMIT_TYPES: Final = frozenset({"rate_limit_exceeded", "rate_limit_error", "429"})
+#: Concurrent connections to one upstream (one per stream in flight).
+_MAX_CONNECTIONS: Final = 10_000
 #: How long to read past ``[DONE]`` for the body's end, so the connection is reused.
 _DRAIN_SECONDS: Final = 0.1
 
@@ -76,6 +78,11 @@ class OpenAIProvider:
             http_client=openai.DefaultAioHttpClient(
                 timeout=httpx2.Timeout(
                     connect=upstream.connect_timeout, read=None, write=30.0, pool=30.0
+                ),
+                # The SDK's default pool (1,000 connections) would queue the 1,001st
+                # concurrent stream to one upstream; a gateway holds many more open.
+                limits=httpx2.Limits(
+                    max_connections=_MAX_CONNECTIONS, max_keepalive_connections=100
                 ),
             ),
             default_headers=dict(upstream.headers) or None,
