@@ -35,6 +35,26 @@ log = structlog.get_logger("tokenpipe.server")
 _CUT_GRACE_SECONDS = 2.0
 
 
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one.
+
+    Each relayed stream holds two sockets; the common default soft limit (1,024)
+    would cap a gateway near 500 streams.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return
+        log.debug("open_files_limit_raised", soft=soft, now=target)
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -158,6 +178,7 @@ def _supervise_workers(settings: Settings) -> int:
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, drain in-flight replies and exit 0."""
     configure_logging(settings.log_level, settings.log_format)
+    _raise_open_files_limit()
     log.info("gateway_starting", host=settings.host, port=settings.port, workers=settings.workers)
     if settings.workers > 1:
         sys.exit(_supervise_workers(settings))
