@@ -16,7 +16,6 @@ other than ``user`` / ``assistant``.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -147,24 +146,16 @@ async def _stream(body: dict[str, Any], behaviour: Behaviour) -> Any:
     start = {"type": "content_block_start", "index": 0, "content_block": text_block}
     yield _event("content_block_start", start)
     yield _event("ping", {"type": "ping"})
-    if behaviour.first_token_delay:
-        await asyncio.sleep(behaviour.first_token_delay)
-    for i in range(behaviour.tokens + 1):
-        if i == behaviour.error_after:
-            error = _error_body(behaviour.error_type, "fake in-band error")
-            yield _event("error", error)
+    async for step, i in behaviour.steps():
+        if step == "error":
+            yield _event("error", _error_body(behaviour.error_type, "fake in-band error"))
             return
-        if i == behaviour.cut_after:
+        if step == "cut":
             yield CUT
             return
-        if i == behaviour.stall_after:
-            await asyncio.sleep(3600)
-        if i == behaviour.tokens:
-            break
-        if i and behaviour.delay:
-            await asyncio.sleep(behaviour.delay)
-        if behaviour.ping_every and i % behaviour.ping_every == 0:
+        if step == "ping":
             yield _event("ping", {"type": "ping"})
+            continue
         delta = {"type": "text_delta", "text": token_text(i)}
         yield _event(
             "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}

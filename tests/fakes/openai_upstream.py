@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import TracebackType
 from typing import Any, Self
@@ -128,6 +128,29 @@ class Behaviour:
         if self.finish_reason is not None:
             return self.finish_reason
         return "tool_calls" if self.tool_calls else "stop"
+
+    async def steps(self) -> AsyncIterator[tuple[str, int]]:
+        """The reply's script, paced: ``("ping" | "token", i)``, or a last
+        ``("error" | "cut", i)`` after which the stream must end at once. Each fake
+        turns the steps into its own wire format."""
+        if self.first_token_delay:
+            await asyncio.sleep(self.first_token_delay)
+        for i in range(self.tokens + 1):
+            if i == self.error_after:
+                yield "error", i
+                return
+            if i == self.cut_after:
+                yield "cut", i
+                return
+            if i == self.stall_after:
+                await asyncio.sleep(3600)
+            if i == self.tokens:
+                return
+            if i and self.delay:
+                await asyncio.sleep(self.delay)
+            if self.ping_every and i % self.ping_every == 0:
+                yield "ping", i
+            yield "token", i
 
     def overridden(self, spec: Any) -> Behaviour:
         """This behaviour with the fields of an ``x_fake`` dict applied."""
@@ -365,26 +388,16 @@ async def _stream(body: dict[str, Any], behaviour: Behaviour) -> Any:
         return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    if behaviour.first_token_delay:
-        await asyncio.sleep(behaviour.first_token_delay)
-    for i in range(behaviour.tokens + 1):
-        if i == behaviour.error_after:
+    async for step, i in behaviour.steps():
+        if step == "error":
             error = {"message": "fake in-band error", "type": behaviour.error_type}
             yield b"data: " + orjson.dumps({"error": {**error, "param": None, "code": None}})
             yield b"\n\n"
             return
-        if i == behaviour.cut_after:
+        if step == "cut":
             yield CUT
             return
-        if i == behaviour.stall_after:
-            await asyncio.sleep(3600)
-        if i == behaviour.tokens:
-            break
-        if i and behaviour.delay:
-            await asyncio.sleep(behaviour.delay)
-        if behaviour.ping_every and i % behaviour.ping_every == 0:
-            yield b": ping\n\n"
-        yield chunk({"content": token_text(i)})
+        yield b": ping\n\n" if step == "ping" else chunk({"content": token_text(i)})
     for n, call in enumerate(behaviour.tool_calls):
         start_call = {"index": n, "id": call.id, "type": "function"}
         yield chunk({"tool_calls": [{**start_call, "function": {"name": call.name}}]})
