@@ -9,19 +9,18 @@ import structlog
 from aiohttp import web
 
 from config import Settings
-from gateway import handlers
-from gateway.middleware import error_middleware
-from gateway.registry import Registry
-from gateway.state import SETTINGS, STATE, GatewayState
-from gateway.ui import setup_ui
-from providers.tokenizer import Tokenizer
+from gateway.http import health, models, replies
+from gateway.http.middleware import error_middleware
+from gateway.http.static import setup_ui
+from gateway.routing.registry import Registry
+from gateway.state import STATE, GatewayState
+from providers.support.tokenizer import Tokenizer
 
 log = structlog.get_logger("tokenpipe.app")
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[None]:
     """Build the tokenizer and providers at start-up; close the providers at shutdown."""
-    settings = app[SETTINGS]
     tokenizer = await asyncio.to_thread(Tokenizer.load, settings.tokenizer_encoding)
     registry = Registry.from_settings(settings, tokenizer)
     app[STATE] = GatewayState(settings=settings, registry=registry, tokenizer=tokenizer)
@@ -39,14 +38,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     app = web.Application(
         middlewares=[error_middleware],
-        # Enforced by ``handlers._read_body`` too, with a clearer message.
+        # Enforced by ``gateway.http.body.read_body`` too, with a clearer message.
         client_max_size=settings.max_body_bytes,
     )
-    app[SETTINGS] = settings
-    app.cleanup_ctx.append(_lifecycle)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model}", handlers.get_model)
-    app.router.add_get("/healthz", handlers.healthz)
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
+    app.router.add_post("/v1/chat/completions", replies.chat_completions)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model}", models.get_model)
+    app.router.add_get("/healthz", health.healthz)
     setup_ui(app)
     return app

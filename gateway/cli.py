@@ -81,6 +81,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     settings = load_settings(overrides)
 
-    from gateway.server import serve
+    from gateway.server.run import serve
 
     serve(settings)

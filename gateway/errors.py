@@ -17,7 +17,7 @@
 
 Errors reach the client on one of two channels: before the response headers, a
 JSON body with the status; after, one in-band ``data: {"error": ...}`` event that
-ends the stream (see ``gateway.relay``).
+ends the stream (see ``gateway.streaming.relay``).
 """
 
 from __future__ import annotations

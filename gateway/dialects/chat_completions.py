@@ -1,0 +1,343 @@
+"""The OpenAI chat-completions dialect: its wire schema, inbound and outbound.
+
+Inbound: :class:`ChatCompletionRequest` accepts what OpenAI clients send (content
+as a string or parts, every role, tools, unknown extra fields) and rejects what is
+wrong with a ``param`` naming the field. Outbound: :class:`ChunkEncoder` frames
+``chat.completion.chunk`` events, :func:`completion_body` the non-streaming answer.
+:data:`CHAT_COMPLETIONS` is the dialect object the HTTP layer uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.dialects.base import Completed, InboundRequest, UsageCounts
+from gateway.errors import BadRequest, GatewayError
+from gateway.streaming import framer
+from providers.events import FinishReason, ToolCallDelta
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class _Open(BaseModel):
+    """Strict JSON types, unknown fields kept (clients send many we pass through)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ContentPart(_Open):
+    type: str = Field(min_length=1)
+    text: str | None = None
+
+
+class FunctionCall(_Open):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCall(_Open):
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
+class Message(_Open):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> Message:
+        if self.content is None and self.role not in ("assistant", "function"):
+            raise ValueError(f"content is required for role '{self.role}'")
+        return self
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class FunctionDef(_Open):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Open):
+    type: str = "function"
+    function: FunctionDef
+
+
+class ChatCompletionRequest(_Open):
+    """``POST /v1/chat/completions``."""
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=1)
+    seed: int | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: str | list[str] | None = None
+    tools: list[Tool] | None = None
+    #: tokenpipe's extension: the fake provider's per-request knobs.
+    fake: dict[str, Any] | None = None
+
+    @property
+    def token_limit(self) -> int | None:
+        """``max_completion_tokens`` (the newer name) or ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def passthrough_params(self) -> dict[str, Any]:
+        """Sampling, tool and unknown parameters, for the provider to pass on."""
+        return self.model_dump(
+            exclude=_GATEWAY_FIELDS, exclude_none=True, exclude_unset=True, by_alias=True
+        )
+
+    @property
+    def inbound(self) -> InboundRequest:
+        """The dialect-neutral request."""
+        return InboundRequest(
+            model=self.model,
+            messages=[m.model_dump(exclude_none=True) for m in self.messages],
+            stream=self.stream,
+            max_tokens=self.token_limit,
+            seed=self.seed,
+            params=self.passthrough_params(),
+            fake=self.fake,
+        )
+
+    def encoder(self, reply_id: str, created: int) -> ChunkEncoder:
+        """The encoder of this request's stream."""
+        return ChunkEncoder(
+            id=reply_id, created=created, model=self.model, include_usage=self.include_usage
+        )
+
+    def completion(self, reply: Completed) -> dict[str, Any]:
+        """The ``chat.completion`` body."""
+        return completion_body(
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            content=reply.text,
+            tool_calls=reply.tool_calls,
+            finish_reason=reply.finish,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+        )
+
+
+_GATEWAY_FIELDS = {
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "seed",
+    "fake",
+}
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _TYPE_TAGS or "[" in part or "(" in part:
+            continue  # a union branch's tag, not a field
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_request(body: bytes) -> ChatCompletionRequest:
+    """Validate a request body, raising :class:`BadRequest` naming the first bad field."""
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        if first["type"] == "json_invalid":
+            raise BadRequest(
+                f"We could not parse the JSON body of your request: {first['msg']}.",
+                code="invalid_json",
+            ) from None
+        if first["type"] == "model_type" and not first["loc"]:
+            raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+        param = _param(tuple(first["loc"]))
+        raise BadRequest(
+            f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value"
+        ) from None
+
+
+class ChunkEncoder:
+    """The :class:`~gateway.dialects.base.Encoder` of chat completions.
+
+    Every chunk of a stream shares id, created and model, so their JSON is built
+    from byte templates made once per stream: the per-token cost is one
+    ``orjson.dumps`` of the token text and two concatenations.
+    """
+
+    __slots__ = ("_content_head", "_event_head", "_event_tail", "_head", "_include_usage", "_tail")
+
+    def __init__(self, *, id: str, created: int, model: str, include_usage: bool) -> None:
+        self._head = (
+            b'{"id":'
+            + orjson.dumps(id)
+            + b',"object":"chat.completion.chunk","created":'
+            + str(created).encode()
+            + b',"model":'
+            + orjson.dumps(model)
+            + b',"system_fingerprint":null,"choices":'
+        )
+        usage_tail = b',"usage":null}' if include_usage else b"}"
+        self._content_head = self._head + b'[{"index":0,"delta":{"content":'
+        self._tail = b',"logprobs":null,"finish_reason":null}]' + usage_tail
+        self._include_usage = include_usage
+        # orjson escapes CR and LF, so a token's chunk is always one ``data:`` line and
+        # its whole frame can be built from the framer's prefix in one go
+        # (tests/gateway/dialects/test_chat_completions.py checks it equals
+        # ``framer.data_event`` of the chunk).
+        self._event_head = framer.data_prefix() + self._content_head
+        self._event_tail = b"}" + self._tail + framer.END
+
+    def start(self) -> bytes:
+        """The first chunk: the assistant role and empty content."""
+        return framer.data_event(
+            self._content_head[: -len(b'{"content":')]
+            + b'{"role":"assistant","content":""}'
+            + self._tail
+        )
+
+    def text(self, text: str) -> bytes:
+        """The frame of one token of text: the per-token hot path."""
+        return self._event_head + orjson.dumps(text) + self._event_tail
+
+    def tool_call(self, delta: ToolCallDelta) -> bytes:
+        """The frame of one tool-call fragment."""
+        call: dict[str, Any] = {"index": delta.index}
+        if delta.id is not None:
+            call["id"] = delta.id
+            call["type"] = "function"
+        function: dict[str, str] = {"arguments": delta.arguments}
+        if delta.name is not None:
+            function["name"] = delta.name
+        call["function"] = function
+        delta_json = orjson.dumps({"tool_calls": [call]})
+        return framer.data_event(
+            self._content_head[: -len(b'{"content":')] + delta_json + self._tail
+        )
+
+    def finish(self, reason: FinishReason) -> bytes:
+        """The chunk with an empty delta and the finish reason."""
+        choice = (
+            b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]'
+        )
+        return framer.data_event(
+            self._head + choice + (b',"usage":null}' if self._include_usage else b"}")
+        )
+
+    def end(self, usage: UsageCounts) -> bytes:
+        """The usage chunk (no choices) when the client asked for it, then ``[DONE]``."""
+        if not self._include_usage:
+            return framer.DONE
+        prompt_tokens, completion_tokens = usage()
+        chunk = (
+            self._head
+            + b"[]"
+            + b',"usage":'
+            + orjson.dumps(usage_body(prompt_tokens, completion_tokens))
+            + b"}"
+        )
+        return framer.data_event(chunk) + framer.DONE
+
+    def error(self, exc: GatewayError) -> bytes:
+        """``data: {"error": ...}``, with no ``[DONE]`` after it."""
+        return framer.data_event(orjson.dumps(exc.body()))
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    *,
+    id: str,
+    created: int,
+    model: str,
+    content: str,
+    tool_calls: list[dict[str, Any]],
+    finish_reason: FinishReason,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    """A non-streaming ``chat.completion``."""
+    message: dict[str, Any] = {"role": "assistant", "content": content or None}
+    if not tool_calls:
+        message["content"] = content
+    else:
+        message["tool_calls"] = tool_calls
+    message["refusal"] = None
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        ],
+        "usage": usage_body(prompt_tokens, completion_tokens),
+    }
+
+
+def model_list(names: list[str], created: int) -> dict[str, Any]:
+    """``GET /v1/models``."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": created, "owned_by": "tokenpipe"}
+            for name in names
+        ],
+    }
+
+
+class ChatCompletionsDialect:
+    """``POST /v1/chat/completions``: the :class:`~gateway.dialects.base.Dialect`."""
+
+    name = "chat_completions"
+    operation = "chat"
+
+    def parse(self, body: bytes) -> ChatCompletionRequest:
+        """See :func:`parse_request`."""
+        return parse_request(body)
+
+    def error_body(self, exc: GatewayError) -> dict[str, Any]:
+        """OpenAI's ``{"error": {...}}``."""
+        return exc.body()
+
+
+CHAT_COMPLETIONS = ChatCompletionsDialect()

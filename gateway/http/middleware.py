@@ -1,0 +1,95 @@
+"""Middlewares: request ids and log context, and errors as OpenAI error bodies."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.dialects.base import Dialect
+from gateway.dialects.chat_completions import CHAT_COMPLETIONS
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+
+log = structlog.get_logger("tokenpipe.http")
+
+REQUEST_ID = "X-Request-ID"
+#: The request's id, in the request's storage.
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+#: The dialect a handler serves, so errors are rendered in its shape.
+DIALECT_KEY = web.RequestKey("dialect", Dialect)
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a new one."""
+    given = request.headers.get(REQUEST_ID, "")
+    return given if _VALID_ID.match(given) else uuid.uuid4().hex
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response serialised with orjson."""
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def json_error(
+    exc: GatewayError, request_id: str, dialect: Dialect = CHAT_COMPLETIONS
+) -> web.Response:
+    """An error before the stream started, in ``dialect``'s shape."""
+    headers = {**exc.headers, REQUEST_ID: request_id}
+    response = json_response(dialect.error_body(exc), exc.status, headers)
+    if exc.close_connection:
+        response.force_close()
+    return response
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(
+            f"Method {exc.method} is not allowed here; use {allowed}.",
+            headers={"Allow": allowed},
+        )
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("No such route.", code="not_found")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("The request body is too large.")
+    error = GatewayError(exc.reason, code=None)
+    error.status = exc.status
+    error.type = "invalid_request_error" if exc.status < 500 else "server_error"
+    return error
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind the request id; turn every error into an OpenAI error body, never a traceback."""
+    request_id = request_id_of(request)
+    request[REQUEST_ID_KEY] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        return json_error(exc, request_id, request.get(DIALECT_KEY, CHAT_COMPLETIONS))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(_from_http_exception(exc), request_id)
+    except Exception:
+        log.exception("request_failed", path=request.path)
+        error = GatewayError("The gateway failed to handle the request.")
+        return json_error(error, request_id, request.get(DIALECT_KEY, CHAT_COMPLETIONS))
+    if not response.prepared:
+        response.headers[REQUEST_ID] = request_id
+    return response

@@ -1,0 +1,1 @@
+"""Logging (and, later, metrics). Imports nothing else of the gateway."""

@@ -1,0 +1,4 @@
+"""Routing: the registry (model names to providers) and attempts (retries, fallbacks, timeouts).
+
+Imports providers and config.
+"""

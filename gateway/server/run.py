@@ -1,0 +1,132 @@
+"""Running the gateway: event loop, signals, graceful drain, and worker processes.
+
+On SIGTERM or SIGINT a server *drains*: it keeps its socket open so that new
+requests get a clear 503 (and ``/healthz`` says ``draining``, so load balancers
+move on), lets replies in flight run to completion for up to ``drain_seconds``,
+then cuts those still open with one in-band error event, and exits 0.
+
+With ``workers > 1``, :mod:`gateway.server.workers` runs that many of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import structlog
+from aiohttp import web
+
+from config import Settings
+from gateway.app import create_app
+from gateway.observability.logging import configure_logging
+from gateway.server.header_deadline import GuardedAppRunner
+from gateway.state import STATE
+
+log = structlog.get_logger("tokenpipe.server")
+
+#: After the drain deadline, how long cut replies get to write their error event.
+_CUT_GRACE_SECONDS = 2.0
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one.
+
+    Each relayed stream holds two sockets; the common default soft limit (1,024)
+    would cap a gateway near 500 streams.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return
+        log.debug("open_files_limit_raised", soft=soft, now=target)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # Windows, or not installed
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+async def _wait_for_signal() -> int:
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not received.done():
+            received.set_result(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await received
+    finally:
+        # A second signal during the drain is ignored: the drain has its own deadline.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: None)
+
+
+async def drain(app: web.Application, seconds: float) -> None:
+    """Refuse new replies, wait for those in flight, then cut what remains."""
+    state = app[STATE]
+    state.draining = True
+    log.info("draining", active_streams=state.active, drain_seconds=seconds)
+    if not await state.wait_idle(seconds):
+        cut = state.cut_inflight()
+        log.warning("drain_deadline_reached", cut_streams=cut)
+        await state.wait_idle(_CUT_GRACE_SECONDS)
+
+
+async def run_server(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and return."""
+    app = create_app(settings)
+    runner = GuardedAppRunner(
+        app,
+        header_timeout=settings.request_read_timeout_seconds,
+        keepalive_timeout=settings.keepalive_timeout_seconds,
+        # Cancel a handler when its client disconnects: that is how generation stops.
+        handler_cancellation=True,
+        access_log=None,
+        # Replies were drained already; what is left is idle keep-alive connections.
+        shutdown_timeout=1.0,
+        # After an early error (413, 408) aiohttp reads what is left of the body before
+        # closing, so the client can read the response; a slow sender gets 2 s, not 10.
+        lingering_time=2.0,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024
+        )
+        await site.start()
+        log.info("gateway_listening", host=settings.host, port=settings.port, pid=os.getpid())
+        signum = await _wait_for_signal()
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        await drain(app, settings.drain_seconds)
+    finally:
+        await runner.cleanup()
+    log.info("gateway_stopped")
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM, drain in-flight replies and exit 0."""
+    configure_logging(settings.log_level, settings.log_format)
+    _raise_open_files_limit()
+    log.info("gateway_starting", host=settings.host, port=settings.port, workers=settings.workers)
+    if settings.workers > 1:
+        from gateway.server.workers import supervise_workers
+
+        sys.exit(supervise_workers(settings))
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(run_server(settings))

@@ -1,0 +1,75 @@
+"""Worker processes: ``--workers N`` servers sharing one port.
+
+The parent starts that many server processes bound to the same port with
+``SO_REUSEPORT`` (the kernel spreads connections across them), passes SIGTERM and
+SIGINT on to all of them, and exits when they have all drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+
+import structlog
+
+from config import Settings
+from gateway.observability.logging import configure_logging
+from gateway.server.run import new_loop, run_server
+
+log = structlog.get_logger("tokenpipe.server")
+
+
+def _worker(settings: Settings) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+    # The parent forwards SIGINT as SIGTERM; a terminal's Ctrl-C reaches every
+    # process of the group, and one drain per worker is what we want either way.
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(run_server(settings, reuse_port=True))
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def supervise_workers(settings: Settings) -> int:
+    """Run ``settings.workers`` servers until they have all stopped; the exit status."""
+    if settings.port == 0:
+        settings = settings.model_copy(update={"port": _free_port(settings.host)})
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_worker, args=(settings,), name=f"tokenpipe-worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    log.info("workers_started", workers=len(workers), port=settings.port)
+
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = 0
+    while any(w.is_alive() for w in workers):
+        for worker in workers:
+            worker.join(timeout=0.2)
+            if not worker.is_alive() and worker.exitcode and not stopping:
+                failed += 1
+                log.error("worker_died", worker=worker.name, exitcode=worker.exitcode)
+    log.info("workers_stopped", failed=failed)
+    return 1 if failed else 0

@@ -1,0 +1,1 @@
+"""The provider for OpenAI and OpenAI-compatible upstreams, through the openai SDK."""

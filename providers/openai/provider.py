@@ -1,0 +1,268 @@
+"""The provider for OpenAI and OpenAI-compatible upstreams (vLLM, Ollama, llama.cpp, ...).
+
+The ``openai`` SDK opens the request: connection pool, auth, request shaping, and a
+typed exception for every non-2xx status. Its HTTP client is ``openai.DefaultAioHttpClient``
+(httpx's API over aiohttp's C parser), which halves the CPU per relayed token against
+the default pure-Python transport. The streamed body is then read as raw bytes and each
+``data:`` line parsed with ``orjson``; the SDK's per-chunk pydantic objects cost several
+times more CPU per token (``scripts/bench_relay_cost.py`` measures both).
+
+Non-obvious choices:
+
+* ``max_retries=0`` and no read timeout: the gateway owns retries, first-token and
+  idle timeouts; the provider applies only the connect timeout.
+* ``stream_options.include_usage`` is always asked for; the gateway drops usage the
+  client did not ask for.
+* ``Usage`` is yielded once, after ``Finish``, when the stream ends, from the last
+  ``usage`` the upstream sent (some servers attach it to every chunk).
+* A transport error *after* the finish chunk does not fail the reply: it is complete.
+* API errors are re-raised without their SDK cause: the SDK's message embeds the
+  upstream body, which may echo credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any, Final
+
+import anyio
+import httpx2
+import openai
+import orjson
+
+from config.models import UpstreamConfig
+from providers.base import ChatRequest
+from providers.errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    TranslateErrors,
+)
+from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.openai.sdk_internals import aiohttp_cause, raw_body_chunks
+from providers.support.upstream_sse import SSEParser, retry_after_seconds
+
+_FINISH_REASONS: Final[Mapping[str, FinishReason]] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+}
+#: Request keys the gateway handles itself or this provider does not support.
+_NOT_FORWARDED: Final = frozenset(
+    {"n", "stream", "stream_options", "model", "messages", "max_tokens", "seed"}
+)
+_RATE_LIMIT_TYPES: Final = frozenset({"rate_limit_exceeded", "rate_limit_error", "429"})
+#: Concurrent connections to one upstream (one per stream in flight).
+_MAX_CONNECTIONS: Final = 10_000
+#: How long to read past ``[DONE]`` for the body's end, so the connection is reused.
+_DRAIN_SECONDS: Final = 0.1
+
+
+class OpenAIProvider:
+    """Streams chat completions from one OpenAI-compatible upstream."""
+
+    def __init__(self, upstream: UpstreamConfig) -> None:
+        self._secret = upstream.api_key.get_secret_value() if upstream.api_key else None
+        self._client = openai.AsyncOpenAI(
+            base_url=upstream.base_url,
+            # Local servers (vLLM, Ollama) need no key, but the SDK insists on one.
+            api_key=self._secret or "none",
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(
+                timeout=httpx2.Timeout(
+                    connect=upstream.connect_timeout, read=None, write=30.0, pool=30.0
+                ),
+                # The SDK's default pool (1,000 connections) would queue the 1,001st
+                # concurrent stream to one upstream; a gateway holds many more open.
+                limits=httpx2.Limits(
+                    max_connections=_MAX_CONNECTIONS, max_keepalive_connections=100
+                ),
+            ),
+            default_headers=dict(upstream.headers) or None,
+        )
+
+    async def aclose(self) -> None:
+        """Close the SDK's HTTP client and its connection pool."""
+        await self._client.close()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield the reply's events; see the module docstring for the details."""
+        finished = False
+        try:
+            with _TranslateErrors(self._secret):
+                # The SDK's documented raw request: ``create()`` would first walk the
+                # whole body through its TypedDict transform, which was most of the
+                # gateway's CPU per request (the body is plain JSON already).
+                response = await self._client.post(
+                    "/chat/completions",
+                    cast_to=httpx2.Response,
+                    body=_body_of(request),
+                    stream=True,
+                    stream_cls=None,
+                )
+                try:
+                    async with aclosing(_events(response)) as events:
+                        async for event in events:
+                            finished = finished or isinstance(event, Finish)
+                            yield event
+                finally:
+                    await response.aclose()
+        except ProviderUnavailable:
+            if not finished:
+                raise
+
+
+def _body_of(request: ChatRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {k: v for k, v in request.params.items() if k not in _NOT_FORWARDED}
+    body["model"] = request.model
+    body["messages"] = request.messages
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.seed is not None:
+        body["seed"] = request.seed
+    return body
+
+
+async def _events(response: httpx2.Response) -> AsyncGenerator[StreamEvent, None]:
+    """Parse an OpenAI chat-completions chunk stream into provider events."""
+    parser = SSEParser()
+    loads = orjson.loads
+    finished = done = False
+    usage: Any = None
+    async with aclosing(raw_body_chunks(response)) as chunks:
+        async for chunk in chunks:
+            for sse in parser.feed(chunk):
+                data = sse.data
+                if data == b"[DONE]":
+                    done = True
+                    break
+                obj = loads(data)
+                if not isinstance(obj, dict):
+                    continue
+                choices = obj.get("choices")
+                if choices:
+                    choice = choices[0]
+                    delta = choice.get("delta")
+                    if delta:
+                        content = delta.get("content")
+                        if content:
+                            yield TextDelta(content)
+                        tool_calls = delta.get("tool_calls")
+                        if tool_calls:
+                            for call in tool_calls:
+                                yield _tool_call_delta(call)
+                    reason = choice.get("finish_reason")
+                    if reason and not finished:
+                        finished = True
+                        yield Finish(_FINISH_REASONS.get(reason, "stop"))
+                elif "error" in obj:
+                    raise _in_band_error(obj["error"])
+                if obj.get("usage"):
+                    usage = obj["usage"]
+            if done:
+                break
+        if not finished:
+            raise ProviderUnavailable("upstream stream ended without a finish")
+        if isinstance(usage, dict):
+            yield Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        if done:
+            await _drain(chunks)
+
+
+def _tool_call_delta(call: Any) -> ToolCallDelta:
+    function = call.get("function") or {}
+    return ToolCallDelta(
+        index=int(call.get("index") or 0),
+        id=call.get("id"),
+        name=function.get("name"),
+        arguments=function.get("arguments") or "",
+    )
+
+
+def _in_band_error(error: Any) -> ProviderError:
+    if not isinstance(error, dict):
+        return ProviderUnavailable(f"upstream error: {error}")
+    message = f"upstream error: {error.get('message') or 'unknown'}"
+    kinds = {str(error.get("type")), str(error.get("code"))}
+    if kinds & _RATE_LIMIT_TYPES:
+        return ProviderRateLimited(message, status=None)
+    return ProviderUnavailable(message)
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read the rest of the body briefly so the connection can be reused."""
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, httpx2.HTTPError, httpx2.StreamError):
+        pass  # Best effort: closing the response instead costs only a reconnect.
+
+
+class _TranslateErrors(TranslateErrors):
+    """SDK and transport exceptions, by type."""
+
+    __slots__ = ()
+
+    def translate(self, exc: BaseException) -> None:
+        if isinstance(exc, openai.APIStatusError):
+            raise _status_error(exc, self.redacted(_upstream_message(exc))) from None
+        cause = aiohttp_cause(exc)
+        if cause is not None:
+            # Judged by aiohttp's own exception: the SDK's vendored transport maps every
+            # connection error (refused, reset) to httpx's ConnectTimeout.
+            if isinstance(cause, TimeoutError):
+                raise ProviderTimeout("upstream timed out") from exc
+            raise ProviderUnavailable(
+                f"upstream connection failed: {type(cause).__name__}"
+            ) from exc
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            raise ProviderTimeout("upstream timed out") from exc
+        if isinstance(exc, openai.APIConnectionError):
+            raise ProviderUnavailable("cannot connect to upstream") from exc
+        if isinstance(exc, httpx2.HTTPError | httpx2.StreamError | ssl.SSLError):
+            raise ProviderUnavailable(f"upstream connection failed: {type(exc).__name__}") from exc
+        if isinstance(exc, anyio.EndOfStream):
+            raise ProviderUnavailable("upstream connection closed") from exc
+        if isinstance(exc, orjson.JSONDecodeError):
+            raise ProviderUnavailable("upstream sent an invalid JSON chunk") from exc
+        if isinstance(exc, openai.APIError):
+            raise ProviderUnavailable(self.redacted(f"upstream error: {exc.message}")) from None
+
+
+def _upstream_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        detail = body.get("message")
+        if isinstance(body.get("error"), dict):  # some servers do not unwrap "error"
+            detail = body["error"].get("message")
+        if isinstance(detail, str) and detail:
+            return f"upstream returned {exc.status_code}: {detail}"
+    return f"upstream returned {exc.status_code}"
+
+
+def _status_error(exc: openai.APIStatusError, message: str) -> ProviderError:
+    status = exc.status_code
+    if isinstance(exc, openai.RateLimitError):
+        return ProviderRateLimited(
+            message, status=status, retry_after=retry_after_seconds(exc.response.headers)
+        )
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ProviderAuthError(message, status=status)
+    if isinstance(
+        exc, openai.BadRequestError | openai.NotFoundError | openai.UnprocessableEntityError
+    ):
+        return ProviderBadRequest(message, status=status)
+    return ProviderUnavailable(message, status=status)

@@ -1,0 +1,1 @@
+"""Shared by providers: the upstream SSE parser and Retry-After, the tokenizer."""

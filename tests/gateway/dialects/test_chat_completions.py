@@ -1,0 +1,77 @@
+"""Outbound chunk bytes match the OpenAI schema (as the openai SDK types define it)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from openai.types.chat import ChatCompletionChunk
+
+from gateway.dialects.chat_completions import ChunkEncoder
+from gateway.errors import UpstreamError
+from gateway.streaming import framer
+from providers.events import ToolCallDelta
+
+TEXTS = ["hi", "", " multi\nline\r\n", 'quote " and \\ backslash', "😀 中文", "\u2028\u0000"]
+
+
+def payload(frame: bytes) -> bytes:
+    """The data of one single-line ``data:`` frame."""
+    assert frame.startswith(b"data: ")
+    assert frame.endswith(b"\n\n")
+    assert frame.count(b"\n") == 2
+    return frame[len(b"data: ") : -2]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_every_chunk_validates_against_the_sdk_types(include_usage: bool) -> None:
+    encoder = ChunkEncoder(id="chatcmpl-x", created=5, model='m"odel', include_usage=include_usage)
+    end = encoder.end(lambda: (10, 4))
+    assert end.endswith(framer.DONE)
+    frames = [
+        encoder.start(),
+        *(encoder.text(t) for t in TEXTS),
+        encoder.tool_call(ToolCallDelta(index=0, id="c", name="f", arguments='{"a"')),
+        encoder.tool_call(ToolCallDelta(index=0, arguments="}")),
+        encoder.finish("length"),
+    ]
+    if include_usage:
+        frames.append(end[: -len(framer.DONE)])
+    else:
+        assert end == framer.DONE
+    chunks = [payload(f) for f in frames]
+    for raw in chunks:
+        parsed = ChatCompletionChunk.model_validate(orjson.loads(raw))
+        assert parsed.id == "chatcmpl-x"
+        assert parsed.model == 'm"odel'
+        assert parsed.created == 5
+        assert parsed.object == "chat.completion.chunk"
+        assert ("usage" in orjson.loads(raw)) == include_usage
+    texts = [
+        ChatCompletionChunk.model_validate_json(c).choices[0].delta.content for c in chunks[1:7]
+    ]
+    assert texts == TEXTS
+    if include_usage:
+        assert ChatCompletionChunk.model_validate_json(chunks[-1]).usage.total_tokens == 14  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_text_frame_is_the_framed_content_chunk(text: str) -> None:
+    """The hot path's pre-built template equals the framer applied to the chunk JSON."""
+    encoder = ChunkEncoder(id="i", created=1, model="m", include_usage=False)
+    frame = encoder.text(text)
+    assert frame == framer.data_event(payload(frame))
+    assert orjson.loads(payload(frame))["choices"][0]["delta"] == {"content": text}
+
+
+def test_in_band_error_is_one_data_event_without_done() -> None:
+    encoder = ChunkEncoder(id="i", created=1, model="m", include_usage=False)
+    frame = encoder.error(UpstreamError("upstream went away"))
+    assert orjson.loads(payload(frame)) == {
+        "error": {
+            "message": "upstream went away",
+            "type": "upstream_error",
+            "param": None,
+            "code": "upstream_error",
+        }
+    }
+    assert b"[DONE]" not in frame

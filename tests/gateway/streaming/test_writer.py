@@ -1,0 +1,70 @@
+"""The SSE writer on the wire: chunked framing, coalescing, HTTP/1.0."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from tests.support.sse_client import chat, parse_events
+
+
+async def raw_exchange(
+    url: str, body: dict[str, Any], version: str = "1.1"
+) -> tuple[bytes, list[tuple[float, bytes]]]:
+    """POST over a raw socket; return the head and the body's (arrival time, chunk) list."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    payload = orjson.dumps(body)
+    writer.write(
+        f"POST /v1/chat/completions HTTP/{version}\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    started = time.monotonic()
+    chunks: list[tuple[float, bytes]] = []
+    if b"chunked" in head.lower():
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            if size == 0:
+                break
+            chunks.append((time.monotonic() - started, await reader.readexactly(size)))
+            await reader.readexactly(2)
+    else:
+        while data := await reader.read(65536):
+            chunks.append((time.monotonic() - started, data))
+    writer.close()
+    return head, chunks
+
+
+async def test_burst_of_events_leaves_in_few_chunks(gateway_url: str) -> None:
+    head, chunks = await raw_exchange(gateway_url, chat(fake={"reply_tokens": 500}))
+    assert b"Transfer-Encoding: chunked" in head
+    data, _ = parse_events(b"".join(c for _, c in chunks))
+    assert data[-1] == "[DONE]"
+    assert len(data) == 500 + 3  # role, 500 tokens, finish, [DONE]
+    # fake-fast yields to the loop every 32 tokens: each turn's events share a chunk.
+    assert len(chunks) < 100
+
+
+async def test_paced_events_are_not_held_back(gateway_url: str) -> None:
+    body = chat(fake={"reply_tokens": 12, "tokens_per_second": 25})
+    _, chunks = await raw_exchange(gateway_url, body)
+    data, _ = parse_events(b"".join(c for _, c in chunks))
+    assert len(data) == 12 + 3
+    # Every paced token left on its own, as it was generated (the typing effect).
+    token_chunks = [(t, c) for t, c in chunks if b'"content":"' in c and b'"role"' not in c]
+    assert len(token_chunks) >= 11
+    assert token_chunks[-1][0] - token_chunks[0][0] >= 0.3
+
+
+async def test_http_10_client_gets_an_unchunked_stream(gateway_url: str) -> None:
+    head, chunks = await raw_exchange(gateway_url, chat(max_tokens=40), version="1.0")
+    assert head.startswith(b"HTTP/1.1 200 OK") or head.startswith(b"HTTP/1.0 200 OK")
+    assert b"chunked" not in head.lower()
+    data, _ = parse_events(b"".join(c for _, c in chunks))
+    assert data[-1] == "[DONE]"
+    assert len(data) == 40 + 3

@@ -1,0 +1,317 @@
+"""OpenAIProvider against a real fake upstream on loopback (the real openai SDK inside)."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from config.models import UpstreamConfig
+from providers.base import ChatRequest
+from providers.errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
+from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.openai.provider import OpenAIProvider
+from providers.support.upstream_sse import SSEEvent, SSEParser, retry_after_seconds
+from tests.support.fakes.openai_upstream import (
+    Behaviour,
+    FakeOpenAIUpstream,
+    ToolCallSpec,
+    expected_text,
+)
+
+KEY = "sk-test-4f1c0ffee0ddba11"
+MESSAGES = [{"role": "user", "content": "Say hello to the tokens"}]
+PROMPT_TOKENS = 8  # the fake counts words, plus 3 per message
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAIUpstream]:
+    async with FakeOpenAIUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+async def provider(fake: FakeOpenAIUpstream) -> AsyncIterator[OpenAIProvider]:
+    upstream = UpstreamConfig(base_url=fake.base_url, api_key=SecretStr(KEY), connect_timeout=5)
+    instance = OpenAIProvider(upstream)
+    yield instance
+    await instance.aclose()
+
+
+def request(**kwargs: Any) -> ChatRequest:
+    return ChatRequest(model=kwargs.pop("model", "gpt-fake"), messages=MESSAGES, **kwargs)
+
+
+async def collect(provider: OpenAIProvider, req: ChatRequest | None = None) -> list[StreamEvent]:
+    return [event async for event in provider.stream(req or request())]
+
+
+async def consume(stream: AsyncIterator[StreamEvent], into: list[StreamEvent]) -> None:
+    async for event in stream:
+        into.append(event)
+
+
+async def failure(provider: OpenAIProvider, req: ChatRequest | None = None) -> ProviderError:
+    events: list[StreamEvent] = []
+    with pytest.raises(ProviderError) as info:
+        await consume(provider.stream(req or request()), events)
+    assert not any(isinstance(e, Finish) for e in events)
+    return info.value
+
+
+def text_of(events: list[StreamEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+async def test_streams_text_then_finish_then_usage(fake: FakeOpenAIUpstream, provider: Any) -> None:
+    fake.script = [Behaviour(tokens=12, ping_every=5)]
+    events = await collect(provider)
+    assert text_of(events) == expected_text(12)
+    assert all(isinstance(e, TextDelta) for e in events[:-2])
+    assert events[-2:] == [Finish("stop"), Usage(PROMPT_TOKENS, completion_tokens=12)]
+
+
+async def test_sends_model_messages_usage_option_and_passes_params_through(
+    fake: FakeOpenAIUpstream,
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    params = {
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+        "tools": tools,
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "user": "u-1",
+        "logprobs": True,
+        "n": 3,
+    }
+    upstream = UpstreamConfig(
+        base_url=fake.base_url, api_key=SecretStr(KEY), headers=(("x-t", "1"),)
+    )
+    provider = OpenAIProvider(upstream)
+    try:
+        await collect(provider, request(model="m-up", max_tokens=7, seed=42, params=params))
+    finally:
+        await provider.aclose()
+    sent = fake.requests[0]
+    assert sent.headers["Authorization"] == f"Bearer {KEY}"
+    assert sent.headers["x-t"] == "1"
+    body = sent.json
+    assert body["model"] == "m-up"
+    assert body["messages"] == MESSAGES
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 7
+    assert body["seed"] == 42
+    assert "n" not in body
+    for key, value in params.items():
+        if key != "n":
+            assert body[key] == value
+
+
+async def test_omits_unset_optional_fields_and_works_without_api_key(
+    fake: FakeOpenAIUpstream,
+) -> None:
+    provider = OpenAIProvider(UpstreamConfig(base_url=fake.base_url))
+    try:
+        events = await collect(provider)
+    finally:
+        await provider.aclose()
+    assert events[-2] == Finish("stop")
+    assert not {"max_tokens", "seed", "temperature"} & fake.requests[0].json.keys()
+
+
+async def test_tool_call_deltas(fake: FakeOpenAIUpstream, provider: Any) -> None:
+    calls = (
+        ToolCallSpec("call_a", "get_weather", '{"city": "Paris"}'),
+        ToolCallSpec("call_b", "get_time", '{"tz": "UTC"}'),
+    )
+    fake.script = [Behaviour(tokens=0, tool_calls=calls)]
+    events = await collect(provider)
+    deltas = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert deltas[0] == ToolCallDelta(0, "call_a", "get_weather", "")
+    for n, call in enumerate(calls):
+        mine = [d for d in deltas if d.index == n]
+        assert (mine[0].id, mine[0].name) == (call.id, call.name)
+        assert all(d.id is None and d.name is None for d in mine[1:])
+        assert "".join(d.arguments for d in mine) == call.arguments
+    assert Finish("tool_calls") in events
+
+
+@pytest.mark.parametrize(
+    ("upstream_reason", "reason"),
+    [("stop", "stop"), ("length", "length"), ("content_filter", "content_filter"), ("eos", "stop")],
+)
+async def test_finish_reason_mapping(
+    fake: FakeOpenAIUpstream, provider: Any, upstream_reason: str, reason: str
+) -> None:
+    fake.script = [Behaviour(tokens=2, finish_reason=upstream_reason)]
+    events = await collect(provider)
+    assert [e for e in events if isinstance(e, Finish)] == [Finish(reason)]  # type: ignore[arg-type]
+
+
+async def test_no_usage_event_when_upstream_sends_none(
+    fake: FakeOpenAIUpstream, provider: Any
+) -> None:
+    fake.script = [Behaviour(tokens=3, usage=False)]
+    events = await collect(provider)
+    assert events[-1] == Finish("stop")
+    assert not any(isinstance(e, Usage) for e in events)
+
+
+async def test_finish_without_done_marker_is_a_clean_end(
+    fake: FakeOpenAIUpstream, provider: Any
+) -> None:
+    fake.script = [Behaviour(tokens=3, done=False)]
+    events = await collect(provider)
+    assert events[-2:] == [Finish("stop"), Usage(PROMPT_TOKENS, completion_tokens=3)]
+
+
+async def test_connection_is_reused_across_requests(
+    fake: FakeOpenAIUpstream, provider: Any
+) -> None:
+    for _ in range(3):
+        await collect(provider)
+    # The body's end is read after [DONE] only briefly; allow one miss on a slow machine.
+    assert len({r.peer for r in fake.requests}) < 3
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, ProviderBadRequest),
+        (401, ProviderAuthError),
+        (403, ProviderAuthError),
+        (404, ProviderBadRequest),
+        (422, ProviderBadRequest),
+        (429, ProviderRateLimited),
+        (500, ProviderUnavailable),
+        (503, ProviderUnavailable),
+    ],
+)
+async def test_status_errors_map_by_type(
+    fake: FakeOpenAIUpstream, provider: Any, status: int, error_type: type[ProviderError]
+) -> None:
+    fake.script = [Behaviour(status=status, error_message="the upstream's own words")]
+    error = await failure(provider)
+    assert type(error) is error_type
+    assert error.status == status
+    if status != 401:
+        assert "the upstream's own words" in error.message
+    assert len(fake.requests) == 1  # the SDK did not retry
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ((("Retry-After", "7"),), 7.0),
+        ((("retry-after-ms", "1500"), ("Retry-After", "2")), 1.5),
+        ((), None),
+    ],
+)
+async def test_rate_limit_carries_retry_after(
+    fake: FakeOpenAIUpstream, provider: Any, headers: Any, expected: float | None
+) -> None:
+    fake.script = [Behaviour(status=429, headers=headers)]
+    error = await failure(provider)
+    assert isinstance(error, ProviderRateLimited)
+    assert error.retry_after == expected
+
+
+async def test_rate_limit_retry_after_as_http_date(fake: FakeOpenAIUpstream, provider: Any) -> None:
+    fake.script = [Behaviour(status=429, retry_after=email.utils.formatdate(time.time() + 60))]
+    error = await failure(provider)
+    assert isinstance(error, ProviderRateLimited)
+    assert error.retry_after is not None
+    assert 30 < error.retry_after <= 61
+
+
+async def test_api_key_never_in_error_messages(fake: FakeOpenAIUpstream, provider: Any) -> None:
+    fake.script = [Behaviour(status=401)]  # the fake echoes the key it received
+    error = await failure(provider)
+    assert isinstance(error, ProviderAuthError)
+    assert "Incorrect API key" in error.message
+    assert KEY not in str(error)
+    assert KEY not in repr(error)
+    assert error.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    ("error_type", "expected"),
+    [("server_error", ProviderUnavailable), ("rate_limit_exceeded", ProviderRateLimited)],
+)
+async def test_in_band_error_after_some_tokens(
+    fake: FakeOpenAIUpstream, provider: Any, error_type: str, expected: type[ProviderError]
+) -> None:
+    fake.script = [Behaviour(tokens=5, error_after=2, error_type=error_type)]
+    events: list[StreamEvent] = []
+    with pytest.raises(expected, match="fake in-band error"):
+        await consume(provider.stream(request()), events)
+    assert text_of(events) == expected_text(2)
+
+
+@pytest.mark.parametrize("done", [True, False])
+async def test_stream_ending_without_finish_is_unavailable(
+    fake: FakeOpenAIUpstream, provider: Any, done: bool
+) -> None:
+    fake.script = [Behaviour(tokens=3, finish=False, done=done)]
+    error = await failure(provider)
+    assert type(error) is ProviderUnavailable
+    assert "without a finish" in error.message
+
+
+# --- the incremental SSE parser the provider reads with ---
+
+STREAM = (
+    b"\xef\xbb\xbf: comment\r\n"
+    b'event: message_start\r\ndata: {"a": 1}\r\n\r\n'
+    b"data:no-space\n"
+    b"data:  two\n\n"
+    b"id: 7\nretry: 10\n\n"
+    b"data\n\n"
+    b"data: cr\r\r"
+    b"data: tail-without-blank-line\n"
+)
+EXPECTED = [
+    SSEEvent("message_start", b'{"a": 1}'),
+    SSEEvent("message", b"no-space\n two"),
+    SSEEvent("message", b""),
+    SSEEvent("message", b"cr"),
+]
+
+
+def test_sse_parser_whole_stream() -> None:
+    assert SSEParser().feed(STREAM) == EXPECTED
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 64])
+def test_sse_parser_any_chunking(size: int) -> None:
+    parser = SSEParser()
+    events: list[SSEEvent] = []
+    for start in range(0, len(STREAM), size):
+        events += parser.feed(STREAM[start : start + size])
+    assert events == EXPECTED
+
+
+def test_sse_parser_splits_crlf_across_chunks_without_an_extra_blank_line() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r") == []
+    assert parser.feed(b"\ndata: b\r") == []
+    assert parser.feed(b"\n\r\n") == [SSEEvent("message", b"a\nb")]
+
+
+def test_retry_after_ignores_garbage() -> None:
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({"retry-after": "inf"}) is None
+    assert retry_after_seconds({"retry-after": "-3"}) == 0.0
