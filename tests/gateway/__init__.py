@@ -1,0 +1,1 @@
+"""Tests for the ``gateway`` package, mirroring its layout."""

@@ -1,0 +1,1 @@
+"""Test support: real servers and helpers shared by the test packages."""

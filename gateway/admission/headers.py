@@ -1,0 +1,51 @@
+"""Admission: OpenAI's ``x-ratelimit-*`` and ``retry-after`` header values from an ``Admission``.
+
+Pure functions; the HTTP layer decides where to put the headers (every
+response, or only 429s).
+"""
+
+from __future__ import annotations
+
+import math
+
+from gateway.admission.store import Admission
+
+
+def _ceil_millis(seconds: float) -> int:
+    # Rounded first so float noise (0.02 * 1000 = 20.000000000000004) does not add 1 ms.
+    return max(0, math.ceil(round(seconds * 1000, 6)))
+
+
+def format_reset(seconds: float) -> str:
+    """A duration the way OpenAI writes it: ``20ms``, ``1s``, ``1.5s``, ``6m0s``."""
+    millis = _ceil_millis(seconds)
+    if millis < 1000:
+        return f"{millis}ms"
+    minutes, millis = divmod(millis, 60_000)
+    secs = f"{millis / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def ratelimit_headers(admission: Admission) -> dict[str, str]:
+    """Headers for the limits that are set, plus ``retry-after`` on a retriable refusal."""
+    headers: dict[str, str] = {}
+    for kind, limit, remaining, reset in (
+        (
+            "requests",
+            admission.limit_requests,
+            admission.remaining_requests,
+            admission.reset_requests,
+        ),
+        ("tokens", admission.limit_tokens, admission.remaining_tokens, admission.reset_tokens),
+    ):
+        if limit is None:
+            continue
+        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(remaining or 0)
+        headers[f"x-ratelimit-reset-{kind}"] = format_reset(reset or 0.0)
+    if not admission.admitted and admission.retry_after is not None:
+        # retry-after is whole seconds (RFC 9110); the SDKs prefer the -ms variant.
+        millis = max(1, _ceil_millis(admission.retry_after))
+        headers["retry-after"] = str(math.ceil(millis / 1000))
+        headers["retry-after-ms"] = str(millis)
+    return headers

@@ -1,0 +1,305 @@
+"""Admission: ``MemoryStore``, the in-process state store (the default; one process).
+
+Each operation runs to completion without awaiting, so on one event loop it is
+atomic with no lock. Memory per key is bounded: the request log holds at most
+``rpm`` entries, the token window 61 one-second buckets, ended reservations are
+forgotten after a day (and capped), and per-day usage keeps ``USAGE_DAYS`` days.
+Per-model usage is keyed by model names from the routing table, a closed set.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from gateway.admission.store import (
+    BUSY_RETRY_SECONDS,
+    DEFAULT_RESERVATION_TTL,
+    USAGE_DAYS,
+    WINDOW_SECONDS,
+    Admission,
+    KeyUsage,
+    Limits,
+    RefusalReason,
+    Reservation,
+    UsageCounts,
+    UsageRecord,
+    empty_usage,
+)
+
+#: Ended reservations are remembered this long, so a late settle stays a no-op.
+ENDED_GRACE_SECONDS = 86_400.0
+_ENDED_CAP = 100_000
+
+
+@dataclass(slots=True)
+class _Lease:
+    outstanding: int
+    debited: int
+    expires_at: float
+
+
+@dataclass(slots=True)
+class _Ended:
+    at: float
+    debited: int
+    settled: bool
+
+
+@dataclass(slots=True)
+class _KeyState:
+    requests: deque[float] = field(default_factory=deque)
+    buckets: dict[int, int] = field(default_factory=dict)
+    live: dict[str, _Lease] = field(default_factory=dict)
+    ended: OrderedDict[str, _Ended] = field(default_factory=OrderedDict)
+    outstanding: int = 0
+    spent: int = 0
+    budget: int | None = None
+    usage: KeyUsage = field(default_factory=empty_usage)
+
+
+def utc_day(now: float) -> str:
+    """The UTC date of an epoch time, as ``YYYY-MM-DD``."""
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+
+
+def oldest_day_kept(now: float) -> str:
+    """The first UTC date still within the ``USAGE_DAYS`` kept."""
+    return (datetime.fromtimestamp(now, UTC) - timedelta(days=USAGE_DAYS - 1)).strftime("%Y-%m-%d")
+
+
+def _add(counts: UsageCounts, usage: UsageRecord) -> None:
+    counts["requests"] += 1
+    counts["prompt_tokens"] += usage.prompt_tokens
+    counts["completion_tokens"] += usage.completion_tokens
+
+
+def _zero() -> UsageCounts:
+    return {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+
+def _copy(counts: UsageCounts) -> UsageCounts:
+    return {
+        "requests": counts["requests"],
+        "prompt_tokens": counts["prompt_tokens"],
+        "completion_tokens": counts["completion_tokens"],
+    }
+
+
+class MemoryStore:
+    """A ``StateStore`` held in this process."""
+
+    def __init__(self, reservation_ttl: float = DEFAULT_RESERVATION_TTL) -> None:
+        self._ttl = reservation_ttl
+        self._keys: dict[str, _KeyState] = {}
+
+    def _state(self, key: str, now: float) -> _KeyState:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        self._prune(state, now)
+        return state
+
+    @staticmethod
+    def _prune(state: _KeyState, now: float) -> None:
+        for rid in [rid for rid, lease in state.live.items() if lease.expires_at <= now]:
+            lease = state.live.pop(rid)
+            state.outstanding -= lease.outstanding
+            state.ended[rid] = _Ended(now, lease.debited, settled=False)
+        ended = state.ended
+        while ended and (
+            len(ended) > _ENDED_CAP or next(iter(ended.values())).at <= now - ENDED_GRACE_SECONDS
+        ):
+            ended.popitem(last=False)
+        while state.requests and state.requests[0] <= now - WINDOW_SECONDS:
+            state.requests.popleft()
+        for bucket in [b for b in state.buckets if b + WINDOW_SECONDS <= now]:
+            del state.buckets[bucket]
+
+    @staticmethod
+    def _charge(state: _KeyState, tokens: int, now: float) -> None:
+        if tokens > 0:
+            bucket = math.floor(now)
+            state.buckets[bucket] = state.buckets.get(bucket, 0) + tokens
+            state.spent += tokens
+
+    @staticmethod
+    def _remaining_budget(state: _KeyState, budget: int | None) -> int | None:
+        return None if budget is None else max(0, budget - state.spent)
+
+    async def admit(
+        self, key: str, limits: Limits, reserve_tokens: int, now: float | None = None
+    ) -> Admission:
+        """See ``StateStore.admit``."""
+        if reserve_tokens < 0:
+            raise ValueError("reserve_tokens must be >= 0")
+        now = time.time() if now is None else now
+        state = self._state(key, now)
+        state.budget = limits.budget_tokens
+        used = sum(state.buckets.values())
+        reserved = reserve_tokens
+        reason: RefusalReason | None = None
+        retry: float | None = None
+
+        budget = limits.budget_tokens
+        if budget is not None:
+            room = budget - state.spent - state.outstanding
+            if state.spent >= budget:
+                reason = "insufficient_quota"
+            elif room <= 0:
+                reason, retry = "insufficient_quota", BUSY_RETRY_SECONDS
+            else:
+                reserved = min(reserve_tokens, room)
+        if reason is None and limits.rpm is not None and len(state.requests) >= limits.rpm:
+            reason = "rate_limit_requests"
+            retry = state.requests[len(state.requests) - limits.rpm] + WINDOW_SECONDS - now
+        if (
+            reason is None
+            and limits.max_streams is not None
+            and len(state.live) >= limits.max_streams
+        ):
+            reason, retry = "too_many_streams", BUSY_RETRY_SECONDS
+        if (
+            reason is None
+            and limits.tpm is not None
+            and used + state.outstanding + reserved > limits.tpm
+        ):
+            reason = "rate_limit_tokens"
+            retry = self._tokens_retry(state, used, reserved, limits.tpm, now)
+
+        reservation: Reservation | None = None
+        if reason is None:
+            rid = secrets.token_hex(12)
+            if limits.rpm is not None:
+                state.requests.append(now)
+            state.live[rid] = _Lease(reserved, 0, now + self._ttl)
+            state.outstanding += reserved
+            reservation = Reservation(rid, key, reserved, now + self._ttl, limits)
+
+        return Admission(
+            admitted=reservation is not None,
+            reason=reason,
+            retry_after=None if retry is None else max(retry, 0.001),
+            limit_requests=limits.rpm,
+            remaining_requests=None
+            if limits.rpm is None
+            else max(0, limits.rpm - len(state.requests)),
+            reset_requests=None
+            if limits.rpm is None
+            else (state.requests[0] + WINDOW_SECONDS - now if state.requests else 0.0),
+            limit_tokens=limits.tpm,
+            remaining_tokens=None
+            if limits.tpm is None
+            else max(0, limits.tpm - used - state.outstanding),
+            reset_tokens=None
+            if limits.tpm is None
+            else (min(state.buckets) + WINDOW_SECONDS - now if state.buckets else 0.0),
+            remaining_budget=self._remaining_budget(state, budget),
+            reservation=reservation,
+        )
+
+    @staticmethod
+    def _tokens_retry(
+        state: _KeyState, used: int, reserved: int, tpm: int, now: float
+    ) -> float | None:
+        if reserved > tpm:
+            return None  # larger than the whole window: waiting cannot help
+        if state.outstanding + reserved > tpm:
+            return BUSY_RETRY_SECONDS
+        freed = 0
+        for bucket in sorted(state.buckets):
+            freed += state.buckets[bucket]
+            if used - freed + state.outstanding + reserved <= tpm:
+                return bucket + WINDOW_SECONDS - now
+        return BUSY_RETRY_SECONDS  # unreachable: freeing every bucket always suffices
+
+    async def debit(
+        self, reservation: Reservation, tokens: int, now: float | None = None
+    ) -> int | None:
+        """See ``StateStore.debit``."""
+        now = time.time() if now is None else now
+        state = self._state(reservation.key, now)
+        if tokens > 0:
+            lease = state.live.get(reservation.id)
+            ended = state.ended.get(reservation.id)
+            if lease is not None:
+                taken = min(tokens, lease.outstanding)
+                lease.outstanding -= taken
+                state.outstanding -= taken
+                lease.debited += tokens
+                self._charge(state, tokens, now)
+            elif ended is None or not ended.settled:
+                # Lease lapsed (or forgotten): the tokens were still delivered.
+                if ended is not None:
+                    ended.debited += tokens
+                self._charge(state, tokens, now)
+        return self._remaining_budget(state, reservation.limits.budget_tokens)
+
+    async def settle(
+        self,
+        reservation: Reservation,
+        actual_tokens: int,
+        usage: UsageRecord,
+        now: float | None = None,
+    ) -> bool:
+        """See ``StateStore.settle``."""
+        now = time.time() if now is None else now
+        state = self._state(reservation.key, now)
+        lease = state.live.pop(reservation.id, None)
+        if lease is not None:
+            debited = lease.debited
+            state.outstanding -= lease.outstanding
+        else:
+            ended = state.ended.get(reservation.id)
+            if ended is None or ended.settled:
+                return False
+            debited = ended.debited
+        state.ended[reservation.id] = _Ended(now, debited, settled=True)
+        state.ended.move_to_end(reservation.id)
+        self._charge(state, actual_tokens - debited, now)
+
+        totals = state.usage
+        _add(totals, usage)
+        _add(totals["by_model"].setdefault(usage.model, _zero()), usage)
+        _add(totals["by_day"].setdefault(utc_day(now), _zero()), usage)
+        cutoff = oldest_day_kept(now)
+        for day in [d for d in totals["by_day"] if d < cutoff]:
+            del totals["by_day"][day]
+        return True
+
+    async def renew(self, reservation: Reservation, now: float | None = None) -> bool:
+        """See ``StateStore.renew``."""
+        now = time.time() if now is None else now
+        lease = self._state(reservation.key, now).live.get(reservation.id)
+        if lease is None:
+            return False
+        lease.expires_at = now + self._ttl
+        return True
+
+    async def usage(self, key: str | None = None) -> dict[str, KeyUsage]:
+        """See ``StateStore.usage``."""
+        names = list(self._keys) if key is None else [key]
+        result: dict[str, KeyUsage] = {}
+        for name in names:
+            state = self._keys.get(name)
+            if state is None:
+                result[name] = empty_usage()
+                continue
+            totals = state.usage
+            result[name] = {
+                "requests": totals["requests"],
+                "prompt_tokens": totals["prompt_tokens"],
+                "completion_tokens": totals["completion_tokens"],
+                "by_model": {m: _copy(c) for m, c in totals["by_model"].items()},
+                "by_day": {d: _copy(c) for d, c in sorted(totals["by_day"].items())},
+                "budget_spent": state.spent,
+                "remaining_budget": self._remaining_budget(state, state.budget),
+            }
+        return result
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

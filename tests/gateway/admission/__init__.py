@@ -1,0 +1,1 @@
+"""Tests for ``gateway.admission``."""
