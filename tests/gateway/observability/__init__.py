@@ -1,0 +1,1 @@
+"""Tests of gateway.observability: metrics and the live dashboard."""
