@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ModelWrapValidatorHandler, ValidationError, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
@@ -24,27 +24,13 @@ from pydantic_settings import (
 )
 
 from config.models import ModelConfig
+
+# BUILTIN_MODELS re-exported: it lived here before config.routing.
+from config.routing import BUILTIN_MODELS as BUILTIN_MODELS
+from config.routing import Routing, routing_problems
 from config.unknown_keys import Loc, field_names, unknown_keys
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-
-#: Built-in models, available unless the YAML file defines a model of the same name.
-BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
-    {
-        "name": "fake",
-        "provider": "fake",
-        # Injected faults are deterministic: retrying them cannot help.
-        "retries": 0,
-        # A realistic pace for the typing effect.
-        "options": {"tokens_per_second": 30.0, "ttft_ms": 300.0, "jitter": 0.35},
-    },
-    {
-        "name": "fake-fast",
-        "provider": "fake",
-        "retries": 0,
-        "options": {"tokens_per_second": 0.0, "ttft_ms": 0.0, "jitter": 0.0},
-    },
-)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -248,7 +234,9 @@ class Settings(BaseSettings):
             ]
             problems += _routing_of_raw(data, exc)
             raise ValidationError.from_exception_data(cls.__name__, problems) from None
-        problems += [_problem(loc, msg) for loc, msg in routing_problems(settings)]
+        problems += [
+            _problem(loc, msg) for loc, msg in routing_problems(settings.models, settings.aliases)
+        ]
         if problems:
             raise ValidationError.from_exception_data(cls.__name__, problems)
         return settings
@@ -260,56 +248,16 @@ class Settings(BaseSettings):
         return [*self.models, *builtins]
 
 
-def routing_problems(
-    settings: Settings | _Routing,
-) -> list[tuple[Loc, str]]:
-    """Duplicate models, fallbacks and aliases naming no model: each with its path."""
-    problems: list[tuple[Loc, str]] = []
-    first_index: dict[str, int] = {}
-    for i, model in enumerate(settings.models):
-        if model.name in first_index:
-            problems.append(
-                (
-                    ("models", i, "name"),
-                    f"duplicate model name {model.name!r} (also models.{first_index[model.name]})",
-                )
-            )
-        first_index.setdefault(model.name, i)
-    defined = set(first_index) | {m["name"] for m in BUILTIN_MODELS}
-    known = ", ".join(sorted(defined))
-    for i, model in enumerate(settings.models):
-        for j, fallback in enumerate(model.fallbacks):
-            target = settings.aliases.get(fallback, fallback)
-            loc: Loc = ("models", i, "fallbacks", j)
-            if target not in defined:
-                problems.append((loc, f"unknown model {fallback!r} (known: {known})"))
-            elif target == model.name:
-                problems.append((loc, f"{model.name!r} falls back to itself"))
-    for alias, target in settings.aliases.items():
-        if target not in defined:
-            problems.append((("aliases", alias), f"unknown model {target!r} (known: {known})"))
-        elif alias in defined:
-            problems.append((("aliases", alias), "the name is already a model"))
-    return problems
-
-
-class _Routing(BaseModel):
-    """The routing part alone, checked when another setting failed validation."""
-
-    models: list[ModelConfig] = Field(default_factory=list)
-    aliases: dict[str, str] = Field(default_factory=dict)
-
-
 def _routing_of_raw(data: Any, exc: ValidationError) -> list[InitErrorDetails]:
     if not isinstance(data, dict) or any(
         e["loc"][:1] in (("models",), ("aliases",)) for e in exc.errors()
     ):
         return []
     try:
-        routing = _Routing.model_validate({k: data[k] for k in ("models", "aliases") if k in data})
+        routing = Routing.model_validate({k: data[k] for k in ("models", "aliases") if k in data})
     except ValidationError:  # pragma: no cover - the same values just validated
         return []
-    return [_problem(loc, msg) for loc, msg in routing_problems(routing)]
+    return [_problem(loc, msg) for loc, msg in routing_problems(routing.models, routing.aliases)]
 
 
 def _problem(loc: Loc, message: str, kind: str = "invalid_routing") -> InitErrorDetails:
