@@ -4,7 +4,8 @@
 """
 
 from config.models import ModelConfig, Timeouts, UpstreamConfig
-from config.settings import BUILTIN_MODELS, ConfigFileError, Settings
+from config.routing import BUILTIN_MODELS
+from config.settings import ConfigFileError, Settings
 
 __all__ = [
     "BUILTIN_MODELS",

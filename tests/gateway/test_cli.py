@@ -170,3 +170,28 @@ def test_open_files_soft_limit_raised_to_hard() -> None:
         proc.wait(timeout=30)
     line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
     assert int(line.split()[3]) > low
+
+
+def test_typo_in_the_file_stops_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("max_stremas: 3\nmodels: [{name: a, provider: fake, retires: 1}]\n")
+    started = run_cli("--config", str(config), "--port", "0")
+    assert started.returncode == 2
+    assert started.stderr.splitlines() == [
+        "tokenpipe: invalid configuration:",
+        "  max_stremas: unknown setting; did you mean max_streams?",
+        "  models.0.retires: unknown setting; did you mean retries?",
+    ]
+
+
+def test_environment_typo_warned_at_start_up(
+    gateway_process: Callable[..., GatewayProcess],
+) -> None:
+    proc = gateway_process(env={"TOKENPIPE_HEARTBEAT_SECONDZ": "5"})
+    get_json(f"{proc.url}/healthz")  # still starts: a warning, not an error
+    code, err = proc.stop()
+    assert code == 0
+    assert (
+        "tokenpipe: warning: TOKENPIPE_HEARTBEAT_SECONDZ: unknown setting, ignored; "
+        "did you mean TOKENPIPE_HEARTBEAT_SECONDS?"
+    ) in err.splitlines()
