@@ -39,8 +39,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import sse, ui
-from gateway.event_stream import ClientGone, EventStream, SendTimeout
+from gateway.http import static as ui
 from gateway.observability.metrics import (
     END_REASONS,
     ERROR_TYPES,
@@ -48,6 +47,8 @@ from gateway.observability.metrics import (
     closed,
     time_per_output_token,
 )
+from gateway.streaming import framer as sse
+from gateway.streaming.writer import ClientGone, EventStream, SendTimeout
 
 #: How far back the charts go, in seconds (one bucket per second).
 WINDOW_SECONDS = 300
@@ -452,7 +453,7 @@ async def _publishing(app: web.Application) -> AsyncIterator[None]:
 def setup_dashboard(app: web.Application, dashboard: Dashboard) -> None:
     """Add ``GET /dashboard`` and ``GET /dashboard/events``, and the sibling publisher.
 
-    The page's scripts and styles are served by :func:`gateway.ui.setup_ui`'s
+    The page's scripts and styles are served by :func:`gateway.http.static.setup_ui`'s
     ``/static/{name}``. Guarding ``/dashboard/events`` with the admin key is the
     app's middleware's job; the page asks for the key when it gets a 401.
     """

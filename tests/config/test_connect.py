@@ -9,7 +9,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 
 async def run_tokenpipe(*args: str) -> tuple[int, str, str]:

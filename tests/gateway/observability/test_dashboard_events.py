@@ -11,8 +11,8 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.pytest_plugin import AiohttpClient
 
+from gateway.http.static import CONTENT_SECURITY_POLICY
 from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
-from gateway.ui import CONTENT_SECURITY_POLICY
 from tests.gateway.observability.support import Facts
 
 STATS = re.compile(rb"event: stats\nid: (\d+)\nretry: 2000\ndata: (\{[^\n]*\})\n\n")

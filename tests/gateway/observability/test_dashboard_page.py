@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
 
+from gateway.http.static import setup_ui
 from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
-from gateway.ui import setup_ui
 from tests.gateway.observability.support import Facts
 
 pytestmark = pytest.mark.browser

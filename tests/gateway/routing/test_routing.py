@@ -1,7 +1,7 @@
 """Routing to real (fake) upstreams over HTTP: retries, fallbacks, timeouts, honest errors.
 
 The client is the real openai SDK; the upstreams are aiohttp servers speaking the
-OpenAI and Anthropic wire formats (tests/fakes).
+OpenAI and Anthropic wire formats (tests/support/fakes).
 """
 
 from __future__ import annotations
