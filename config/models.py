@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 ProviderKind = Literal["openai", "anthropic", "fake"]
+UsageCount = Literal["upstream", "chunks", "tiktoken"]
 
 
 class Timeouts(BaseModel):
@@ -46,6 +47,26 @@ class ModelConfig(BaseModel):
     #: Attempts on this upstream after the first, before trying fallbacks.
     retries: int = Field(2, ge=0, le=10)
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Request fields never sent to this upstream (e.g. ``store``, ``service_tier``).
+    drop_params: list[str] = Field(default_factory=list)
+    #: The largest ``max_tokens`` sent upstream; also the reply size reserved against a
+    #: key's tpm and budget when the client sets none.
+    max_tokens_cap: int | None = Field(None, ge=1)
+    #: How completion tokens are counted when the upstream reports none: ``upstream``
+    #: (trust only the upstream), ``chunks`` (one per streamed text chunk: exact for
+    #: llama.cpp, vLLM, Ollama, TGI, an estimate when a character spans two tokens),
+    #: ``tiktoken`` (re-tokenise the text: for OpenAI-family models). Default: chunks,
+    #: except tiktoken for the ``openai`` provider without a ``base_url``.
+    usage_count: UsageCount | None = None
+
+    @property
+    def counted_by(self) -> UsageCount:
+        """The effective :attr:`usage_count`."""
+        if self.usage_count is not None:
+            return self.usage_count
+        if self.provider == "openai" and self.base_url is None:
+            return "tiktoken"
+        return "chunks"
 
     @property
     def upstream_name(self) -> str:

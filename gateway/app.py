@@ -9,23 +9,48 @@ import structlog
 from aiohttp import web
 
 from config import Settings
-from gateway.http import health, models, replies
+from gateway.admission.gate import Gate
+from gateway.admission.keys import KeyRing
+from gateway.admission.memory_store import MemoryStore
+from gateway.admission.store import StateStore
+from gateway.http import admin, health, models, replies
 from gateway.http.middleware import error_middleware
 from gateway.http.static import setup_ui
-from gateway.routing.registry import Registry
+from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
+from gateway.observability.metrics import METRICS, Metrics, multiprocess_dir
+from gateway.routing.registry import FACTORIES, Registry
 from gateway.state import STATE, GatewayState
 from providers.support.tokenizer import Tokenizer
 
 log = structlog.get_logger("tokenpipe.app")
 
 
-async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[None]:
-    """Build the tokenizer and providers at start-up; close the providers at shutdown."""
+def _store(settings: Settings) -> StateStore:
+    if settings.redis_url:
+        from gateway.admission.redis_store import RedisStore
+
+        return RedisStore(settings.redis_url)
+    return MemoryStore()
+
+
+async def _lifecycle(
+    app: web.Application, settings: Settings, metrics: Metrics, live: LiveStats
+) -> AsyncIterator[None]:
+    """Build the tokenizer, providers and admission at start-up; close them at shutdown."""
     tokenizer = await asyncio.to_thread(Tokenizer.load, settings.tokenizer_encoding)
     registry = Registry.from_settings(settings, tokenizer)
-    app[STATE] = GatewayState(settings=settings, registry=registry, tokenizer=tokenizer)
+    gate = Gate(KeyRing(settings.auth), _store(settings))
+    app[STATE] = GatewayState(
+        settings=settings,
+        registry=registry,
+        tokenizer=tokenizer,
+        gate=gate,
+        metrics=metrics,
+        live=live,
+    )
     log.info("gateway_ready", models=registry.names(), tokenizer=tokenizer.name)
     yield
+    await gate.aclose()
     for provider in registry.providers():
         try:
             await provider.aclose()
@@ -37,14 +62,26 @@ def create_app(settings: Settings | None = None) -> web.Application:
     """A ready-to-run application; nothing happens until it starts."""
     settings = settings or Settings()
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, admin.admin_guard],
         # Enforced by ``gateway.http.body.read_body`` too, with a clearer message.
         client_max_size=settings.max_body_bytes,
     )
-    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
+    names = [m.name for m in settings.routable_models()]
+    metrics = Metrics(
+        models=[*names, *settings.aliases],
+        routes=names,
+        keys=[k.name for k in settings.auth.keys],
+        providers=FACTORIES.keys(),
+    )
+    live = LiveStats([*names, *settings.aliases], share_dir=multiprocess_dir())
+    app[METRICS] = metrics
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, metrics, live))
     app.router.add_post("/v1/chat/completions", replies.chat_completions)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
+    app.router.add_get("/v1/usage", admin.usage)
+    app.router.add_get("/metrics", admin.metrics)
     app.router.add_get("/healthz", health.healthz)
     setup_ui(app)
+    setup_dashboard(app, Dashboard(live, draining=lambda: STATE in app and app[STATE].draining))
     return app

@@ -4,10 +4,15 @@
 
     GatewayError                  an error the client sees, with status and OpenAI body
     ├── BadRequest                400  invalid JSON, invalid field (``param`` names it)
+    ├── Unauthorized              401  missing or wrong API key
+    ├── Forbidden                 403  a model the key may not use; admin only
     ├── NotFound                  404  unknown model or route
     ├── MethodNotAllowed          405
     ├── PayloadTooLarge           413  body over ``max_body_bytes``
     ├── RequestTimeout            408  headers/body not read in time (slow-loris)
+    ├── RateLimited               429  a key's rpm / tpm / max_streams (Retry-After)
+    │   └── QuotaExceeded         429  a key's budget spent; in-band when mid-stream
+    ├── LimitsUnavailable         503  the limits' store (Redis) is unreachable
     ├── Overloaded                503  ``max_streams`` reached (Retry-After)
     │   └── ShuttingDown          503  draining; in-band when the drain time ran out
     └── UpstreamError             translated from ``providers.errors.ProviderError``
@@ -72,6 +77,35 @@ class GatewayError(Exception):
 class BadRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(RateLimited):
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class LimitsUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"
 
 
 class NotFound(GatewayError):

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from config import Settings
+from gateway.admission.gate import Gate
+from gateway.observability.dashboard import LiveStats
+from gateway.observability.metrics import Metrics
 from gateway.routing.registry import Registry
 from providers.support.tokenizer import Tokenizer
 
@@ -26,6 +29,9 @@ class GatewayState:
     settings: Settings
     registry: Registry
     tokenizer: Tokenizer
+    gate: Gate
+    metrics: Metrics
+    live: LiveStats
     #: Unix time the gateway started (the ``created`` of its models).
     started_at: int = field(default_factory=lambda: int(time.time()))
     #: Set on SIGTERM/SIGINT: new requests are refused, in-flight ones finish.

@@ -10,11 +10,14 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
+from gateway.admission.gate import DEFAULT_RESERVE_TOKENS, Gate, Ticket
+from gateway.admission.keys import Identity
 from gateway.dialects.base import Dialect
 from gateway.dialects.chat_completions import CHAT_COMPLETIONS
 from gateway.errors import Overloaded, ShuttingDown
 from gateway.http.body import read_body
 from gateway.http.middleware import DIALECT_KEY, REQUEST_ID, REQUEST_ID_KEY, json_response
+from gateway.observability.replies import reply_observer
 from gateway.state import STATE
 from gateway.streaming.collector import collect
 from gateway.streaming.record import ReplyRecord
@@ -31,7 +34,9 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     body = await read_body(request, settings.max_body_bytes, settings.request_read_timeout_seconds)
     parsed = dialect.parse(body)
     inbound = parsed.inbound
+    identity = state.gate.identify(request.headers)
     routes = state.registry.resolve(inbound.model)
+    state.gate.check_model(identity, inbound.model)
     structlog.contextvars.bind_contextvars(model=inbound.model, stream=inbound.stream)
     if state.draining:
         log.info("stream_finished", reason="rejected", detail="draining")
@@ -55,6 +60,13 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         dialect=dialect.name,
         operation=dialect.operation,
     )
+    headers = {REQUEST_ID: request_id}
+    if identity is not None:
+        ticket = await _admit(state.gate, identity, record, routes[0].config.max_tokens_cap)
+        headers.update(ticket.headers)
+    state.metrics.stream_started()
+    state.live.stream_started()
+    record.observers.append(reply_observer(state.metrics, state.live))
     with state.track(record):
         if inbound.stream:
             session = StreamSession(
@@ -63,10 +75,29 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 parsed.encoder(record.reply_id, record.created),
                 heartbeat=settings.heartbeat_seconds,
                 send_timeout=settings.send_timeout_seconds,
-                headers={REQUEST_ID: request_id},
+                headers=headers,
             )
             return await session.run()
-        return json_response(await collect(record, parsed))
+        return json_response(await collect(record, parsed), headers=headers)
+
+
+async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:
+    """Reserve the prompt plus the reply's maximum; the record settles it when it ends."""
+    record.key = identity.name
+    structlog.contextvars.bind_contextvars(key=identity.name)
+    prompt = record.prompt_tokens()
+    wanted = record.request.max_tokens or cap or DEFAULT_RESERVE_TOKENS
+    if cap is not None:
+        wanted = min(wanted, cap)
+    ticket = await gate.admit(identity, prompt + wanted)
+    reservation = ticket.reservation
+    if reservation is not None and reservation.reserved < prompt + wanted:
+        # The budget has room for less than asked: the reply may not outgrow it.
+        record.max_tokens_limit = max(1, reservation.reserved - prompt)
+    if reservation is not None:
+        record.meter = ticket
+    record.observers.append(ticket.settle)
+    return ticket
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

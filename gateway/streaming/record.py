@@ -12,12 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from gateway.dialects.base import Completed, InboundRequest
-from gateway.errors import GatewayError, ShuttingDown, UpstreamTimeout, from_provider_error
+from gateway.errors import (
+    GatewayError,
+    QuotaExceeded,
+    ShuttingDown,
+    UpstreamTimeout,
+    from_provider_error,
+)
 from gateway.routing.attempts import Opened, open_stream
 from gateway.routing.registry import Route
 from providers.base import ChatRequest
@@ -29,6 +35,15 @@ log = structlog.get_logger("tokenpipe.relay")
 
 #: Called once with the finished record.
 ReplyObserver = Callable[["ReplyRecord"], None]
+
+
+class Meter(Protocol):
+    """Charges tokens as they are delivered; raises :class:`GatewayError` to cut."""
+
+    #: Delivered tokens at which :meth:`debit` wants to be called next.
+    next_debit: int
+
+    async def debit(self, delivered: int) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -45,6 +60,12 @@ class ReplyRecord:
     dialect: str = "chat_completions"
     operation: str = "chat"
     observers: list[ReplyObserver] = field(default_factory=list)
+    #: The API key's name, when keys are on.
+    key: str | None = None
+    #: A cap on the reply's tokens from admission (what the key's budget has room for).
+    max_tokens_limit: int | None = None
+    #: Charges delivered tokens during a stream (admission's ticket), when limited.
+    meter: Meter | None = None
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
     route: Route | None = None
@@ -66,13 +87,22 @@ class ReplyRecord:
     def build_request(self, route: Route) -> ChatRequest:
         """The provider-neutral request for one route."""
         req = self.request
-        options = {**route.config.options, **(req.fake or {})}
+        config = route.config
+        options = {**config.options, **(req.fake or {})}
+        params = req.params
+        if config.drop_params:
+            params = {k: v for k, v in params.items() if k not in config.drop_params}
+        max_tokens = req.max_tokens
+        if config.max_tokens_cap is not None:
+            max_tokens = min(max_tokens or config.max_tokens_cap, config.max_tokens_cap)
+        if self.max_tokens_limit is not None:
+            max_tokens = min(max_tokens or self.max_tokens_limit, self.max_tokens_limit)
         return ChatRequest(
-            model=route.config.upstream_name,
+            model=config.upstream_name,
             messages=req.messages,
-            max_tokens=req.max_tokens,
+            max_tokens=max_tokens,
             seed=req.seed,
-            params=req.params,
+            params=params,
             options=options,
         )
 
@@ -133,11 +163,22 @@ class ReplyRecord:
         return self.tokenizer.count_messages(self.request.messages)
 
     def reported_completion_tokens(self) -> int:
-        """The upstream's count, else tiktoken's over the text (an upstream chunk may
-        carry several tokens, so counting events would undercount)."""
+        """The upstream's count when it gave one, else the route's ``usage_count``."""
         if self.usage is not None:
             return self.usage.completion_tokens
-        return self.tokenizer.count("".join(self.texts)) if self.texts else 0
+        if self.counted_by == "tiktoken":
+            return self.tokenizer.count("".join(self.texts)) if self.texts else 0
+        return len(self.texts)
+
+    @property
+    def counted_by(self) -> str:
+        """How :meth:`reported_completion_tokens` counts: ``upstream``, ``chunks``, ``tiktoken``."""
+        if self.usage is not None:
+            return "upstream"
+        if self.route is None:
+            return "chunks"
+        counted = self.route.config.counted_by
+        return "chunks" if counted == "upstream" else counted
 
     def usage_counts(self) -> tuple[int, int]:
         """(prompt, completion) tokens, for the dialect's usage frame or body."""
@@ -180,6 +221,8 @@ class ReplyRecord:
             route=self.route.name if self.route else None,
             provider=self.route.provider_kind if self.route else None,
             completion_tokens=self.completion_tokens,
+            counted_by=self.counted_by,
+            key=self.key,
             ttft_ms=round(ttft * 1000, 2) if ttft is not None else None,
             duration_ms=round(self.duration * 1000, 2),
             **extra,
@@ -223,6 +266,8 @@ def end_reason(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, ShuttingDown):
         return "shutdown"
+    if isinstance(exc, QuotaExceeded):
+        return "insufficient_quota"
     return "upstream_error"
 
 

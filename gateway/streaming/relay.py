@@ -165,6 +165,7 @@ class StreamSession:
         texts = record.texts
         text_frame = encoder.text
         apply = record.apply
+        meter = record.meter
         while True:
             if type(event) is TextDelta:
                 text = event.text
@@ -172,6 +173,8 @@ class StreamSession:
                 if not texts:
                     record.first_token_at = time.perf_counter()
                 texts.append(text)
+                if meter is not None and len(texts) >= meter.next_debit:
+                    await meter.debit(len(texts))
             else:
                 apply(event)
                 frame = _frame_of(encoder, event)

