@@ -15,8 +15,9 @@ from config import Settings
 from gateway.app import create_app
 from tests.support.gateway import ROOT, GatewayProcess, MakeGateway
 from tests.support.ports import free_port
+from tests.support.redis_server import redis_server
 
-__all__ = ["ROOT", "GatewayProcess", "MakeGateway", "free_port"]
+__all__ = ["ROOT", "GatewayProcess", "MakeGateway", "free_port", "redis_server"]
 
 
 @pytest.fixture

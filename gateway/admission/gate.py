@@ -93,6 +93,8 @@ class Ticket:
     reservation: Reservation | None
     #: OpenAI's ``x-ratelimit-*`` headers for the response.
     headers: dict[str, str] = field(default_factory=dict)
+    #: The prompt's tokens, charged with the first debit.
+    prompt_tokens: int = 0
     debited: int = 0
     next_debit: int = DEBIT_EVERY_TOKENS
     settled: bool = False
@@ -102,10 +104,11 @@ class Ticket:
         budget ran out (the relay ends the stream with it, in-band)."""
         self.next_debit = delivered + DEBIT_EVERY_TOKENS
         reservation = self.reservation
-        if reservation is None or delivered <= self.debited:
+        total = self.prompt_tokens + delivered
+        if reservation is None or total <= self.debited:
             return
-        tokens = delivered - self.debited
-        self.debited = delivered
+        tokens = total - self.debited
+        self.debited = total
         try:
             remaining = await self.gate.store.debit(reservation, tokens)
         except StoreUnavailable:

@@ -95,6 +95,7 @@ async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int |
         # The budget has room for less than asked: the reply may not outgrow it.
         record.max_tokens_limit = max(1, reservation.reserved - prompt)
     if reservation is not None:
+        ticket.prompt_tokens = prompt
         record.meter = ticket
     record.observers.append(ticket.settle)
     return ticket

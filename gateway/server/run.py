@@ -22,6 +22,7 @@ from config import Settings
 from gateway.app import create_app
 from gateway.observability.logging import configure_logging
 from gateway.server.header_deadline import GuardedAppRunner
+from gateway.server.preflight import refusals
 from gateway.state import STATE
 
 log = structlog.get_logger("tokenpipe.server")
@@ -122,6 +123,11 @@ async def run_server(settings: Settings, *, reuse_port: bool = False) -> None:
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, drain in-flight replies and exit 0."""
     configure_logging(settings.log_level, settings.log_format)
+    problems = refusals(settings)
+    if problems:
+        for problem in problems:
+            print(f"tokenpipe: {problem}", file=sys.stderr)
+        sys.exit(2)
     _raise_open_files_limit()
     log.info("gateway_starting", host=settings.host, port=settings.port, workers=settings.workers)
     if settings.workers > 1:

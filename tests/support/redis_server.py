@@ -15,14 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
+
 _BINARY = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _ping(port: int) -> bool:
@@ -38,7 +33,7 @@ class RedisServer:
     """One redis-server process; ``stop()`` and ``start()`` keep the port."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._directory = directory
         self._process: subprocess.Popen[bytes] | None = None
