@@ -14,7 +14,7 @@ from gateway.admission.keys import KeyRing
 from gateway.admission.memory_store import MemoryStore
 from gateway.admission.store import StateStore
 from gateway.http import admin, health, models, replies
-from gateway.http.middleware import error_middleware
+from gateway.http.middleware import count_requests, error_middleware
 from gateway.http.static import setup_ui
 from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
 from gateway.observability.metrics import METRICS, Metrics, multiprocess_dir
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     """A ready-to-run application; nothing happens until it starts."""
     settings = settings or Settings()
     app = web.Application(
-        middlewares=[error_middleware, admin.admin_guard],
+        middlewares=[count_requests, error_middleware, admin.admin_guard],
         # Enforced by ``gateway.http.body.read_body`` too, with a clearer message.
         client_max_size=settings.max_body_bytes,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -13,6 +14,8 @@ from aiohttp.typedefs import Handler
 from gateway.dialects.base import Dialect
 from gateway.dialects.chat_completions import CHAT_COMPLETIONS
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.observability.dashboard import DASHBOARD
+from gateway.observability.metrics import METRICS
 
 log = structlog.get_logger("tokenpipe.http")
 
@@ -92,4 +95,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(error, request_id, request.get(DIALECT_KEY, CHAT_COMPLETIONS))
     if not response.prepared:
         response.headers[REQUEST_ID] = request_id
+    return response
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``tokenpipe_requests_total{endpoint, status}``, and the dashboard's requests/s.
+
+    Outermost, so it sees the status of every answer, errors included; a request
+    whose client left before its end counts as 499 (nginx's "client closed request").
+    """
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "other"
+    if endpoint.startswith("/v1/"):
+        request.app[DASHBOARD].stats.record_request()
+    try:
+        response = await handler(request)
+    except asyncio.CancelledError:
+        request.app[METRICS].observe_request(endpoint, 499)
+        raise
+    request.app[METRICS].observe_request(endpoint, response.status)
     return response

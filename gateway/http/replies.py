@@ -67,6 +67,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     state.metrics.stream_started()
     state.live.stream_started()
     record.observers.append(reply_observer(state.metrics, state.live))
+    record.on_attempt = state.metrics.observe_attempt
     with state.track(record):
         if inbound.stream:
             session = StreamSession(

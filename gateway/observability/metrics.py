@@ -56,6 +56,9 @@ END_REASONS = frozenset(
     {
         "stop",
         "length",
+        "tool_calls",
+        "cancelled",
+        "insufficient_quota",
         "client_gone",
         "send_timeout",
         "timeout",
@@ -70,6 +73,13 @@ ATTEMPT_OUTCOMES = frozenset({"ok", "retry", "fallback", "error"})
 ENDPOINTS = frozenset(
     {
         "/v1/chat/completions",
+        "/v1/chat/completions/{id}",
+        "/v1/chat/completions/{id}/cancel",
+        "/v1/responses",
+        "/v1/responses/{id}",
+        "/v1/responses/{id}/cancel",
+        "/v1/messages",
+        "/v1/usage",
         "/v1/models",
         "/v1/models/{model}",
         "/healthz",

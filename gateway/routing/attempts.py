@@ -88,7 +88,19 @@ async def _first_event(route: Route, request: ChatRequest) -> Opened:
     return Opened(route=route, first=first, events=events)
 
 
-async def open_stream(routes: list[Route], build_request: Callable[[Route], ChatRequest]) -> Opened:
+#: Told each attempt's route and outcome: ``ok``, ``retry``, ``fallback``, ``error``.
+AttemptObserver = Callable[[str, str], None]
+
+
+def _ignore(route: str, outcome: str) -> None:
+    return None
+
+
+async def open_stream(
+    routes: list[Route],
+    build_request: Callable[[Route], ChatRequest],
+    on_attempt: AttemptObserver = _ignore,
+) -> Opened:
     """Start a reply on the first route that delivers a first event.
 
     Raises the most telling :class:`ProviderError` when every attempt failed.
@@ -110,14 +122,18 @@ async def open_stream(routes: list[Route], build_request: Callable[[Route], Chat
                     detail=exc.message,
                 )
                 if isinstance(exc, ProviderBadRequest):
+                    on_attempt(route.name, "error")
                     raise  # the request itself is wrong: no upstream will take it
-                if not exc.retryable or attempt == route.config.retries:
-                    break
-                delay = _backoff(attempt, exc)
+                delay = None
+                if exc.retryable and attempt < route.config.retries:
+                    delay = _backoff(attempt, exc)
                 if delay is None:
+                    on_attempt(route.name, "fallback" if route is not routes[-1] else "error")
                     break
+                on_attempt(route.name, "retry")
                 await asyncio.sleep(delay)
                 continue
+            on_attempt(route.name, "ok")
             if attempt or route is not routes[0]:
                 log.info("upstream_attempt_succeeded", route=route.name, attempt=attempt + 1)
             return opened

@@ -18,6 +18,11 @@ import structlog
 
 from config import Settings
 from gateway.observability.logging import configure_logging
+from gateway.observability.metrics import (
+    cleanup_multiprocess_dir,
+    mark_dead,
+    prepare_multiprocess_dir,
+)
 from gateway.server.run import new_loop, run_server
 
 log = structlog.get_logger("tokenpipe.server")
@@ -43,6 +48,15 @@ def supervise_workers(settings: Settings) -> int:
     """Run ``settings.workers`` servers until they have all stopped; the exit status."""
     if settings.port == 0:
         settings = settings.model_copy(update={"port": _free_port(settings.host)})
+    # Every worker's metrics in one directory, merged by any worker's /metrics.
+    metrics_dir = prepare_multiprocess_dir()
+    try:
+        return _run_workers(settings)
+    finally:
+        cleanup_multiprocess_dir(metrics_dir)
+
+
+def _run_workers(settings: Settings) -> int:
     ctx = multiprocessing.get_context("spawn")
     workers = [
         ctx.Process(target=_worker, args=(settings,), name=f"tokenpipe-worker-{i}")
@@ -65,10 +79,15 @@ def supervise_workers(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     failed = 0
+    reaped: set[int] = set()
     while any(w.is_alive() for w in workers):
         for worker in workers:
             worker.join(timeout=0.2)
-            if not worker.is_alive() and worker.exitcode and not stopping:
+            if worker.is_alive() or worker.pid is None or worker.pid in reaped:
+                continue
+            reaped.add(worker.pid)
+            mark_dead(worker.pid)
+            if worker.exitcode and not stopping:
                 failed += 1
                 log.error("worker_died", worker=worker.name, exitcode=worker.exitcode)
     log.info("workers_stopped", failed=failed)

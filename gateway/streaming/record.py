@@ -24,7 +24,7 @@ from gateway.errors import (
     UpstreamTimeout,
     from_provider_error,
 )
-from gateway.routing.attempts import Opened, open_stream
+from gateway.routing.attempts import AttemptObserver, Opened, open_stream
 from gateway.routing.registry import Route
 from providers.base import ChatRequest
 from providers.errors import ProviderError, ProviderUnavailable
@@ -35,6 +35,10 @@ log = structlog.get_logger("tokenpipe.relay")
 
 #: Called once with the finished record.
 ReplyObserver = Callable[["ReplyRecord"], None]
+
+
+def _no_attempt_observer(route: str, outcome: str) -> None:
+    return None
 
 
 class Meter(Protocol):
@@ -66,6 +70,8 @@ class ReplyRecord:
     max_tokens_limit: int | None = None
     #: Charges delivered tokens during a stream (admission's ticket), when limited.
     meter: Meter | None = None
+    #: Told each upstream attempt's route and outcome (metrics).
+    on_attempt: AttemptObserver = _no_attempt_observer
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
     route: Route | None = None
@@ -112,7 +118,7 @@ class ReplyRecord:
         Raises :class:`GatewayError` when no route delivered a first event.
         """
         try:
-            opened = await open_stream(self.routes, self.build_request)
+            opened = await open_stream(self.routes, self.build_request, self.on_attempt)
         except ProviderError as exc:
             raise from_provider_error(exc) from None
         self.route = opened.route
