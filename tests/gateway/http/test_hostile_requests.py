@@ -150,9 +150,9 @@ async def test_hostile_upstream_usage_counts_are_ignored(make_gateway: MakeGatew
 
 async def test_request_id_with_trailing_newline_is_replaced(gateway_url: str) -> None:
     # aiohttp refuses a raw LF in a header value, so the pattern is checked directly too.
-    from gateway.http.middleware import request_id_of
-
     from types import SimpleNamespace
+
+    from gateway.http.middleware import request_id_of
 
     assert request_id_of(SimpleNamespace(headers={"X-Request-ID": "abc\n"})) != "abc\n"  # type: ignore[arg-type]
     got = await stream_request(gateway_url, chat(max_tokens=1), headers={"X-Request-ID": "ok-1"})
