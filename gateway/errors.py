@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from providers.errors import (
+    InvalidOptions,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderError,
@@ -161,14 +162,28 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+#: The largest ``Retry-After`` passed on, in seconds: an upstream (or a fake knob) may
+#: say anything, a header must stay small.
+MAX_RETRY_AFTER_SECONDS = 3600
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` as whole seconds in 0..:data:`MAX_RETRY_AFTER_SECONDS` (NaN: 1)."""
+    if seconds != seconds:  # NaN
+        return "1"
+    return str(int(min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) + 0.5))
+
+
 def from_provider_error(exc: ProviderError) -> GatewayError:
     """Translate by type; the message is the provider's (it never holds secrets)."""
+    if isinstance(exc, InvalidOptions):
+        return BadRequest(exc.message, param=exc.param, code="invalid_value")
     if isinstance(exc, ProviderBadRequest):
         return BadRequest(exc.message, param=exc.param, code="upstream_rejected")
     if isinstance(exc, ProviderRateLimited):
         headers = {}
         if exc.retry_after is not None:
-            headers["Retry-After"] = str(max(0, round(exc.retry_after)))
+            headers["Retry-After"] = retry_after_header(exc.retry_after)
         return UpstreamRateLimited(exc.message, headers=headers)
     if isinstance(exc, ProviderTimeout):
         return UpstreamTimeout(exc.message)

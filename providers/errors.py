@@ -8,6 +8,7 @@ provider boundary (opening the stream and iterating it alike)::
     ├── ProviderRateLimited       upstream said 429; ``retry_after`` seconds if it said
     ├── ProviderAuthError         upstream rejected *our* credentials (401/403)
     ├── ProviderBadRequest        upstream rejected the request itself (400/404/422)
+    │   └── InvalidOptions        the request's own options are invalid (no upstream asked)
     └── ProviderUnavailable       refused, reset, 5xx, cut mid-stream, in-band error
 
 The gateway maps these onto its own HTTP errors (``gateway.errors``). ``retryable``
@@ -60,6 +61,13 @@ class ProviderBadRequest(ProviderError):
         super().__init__(message, status=status)
         #: The request field at fault, when known (e.g. ``fake.reply_tokens``).
         self.param = param
+
+
+class InvalidOptions(ProviderBadRequest):
+    """The request's own provider options (e.g. ``fake.reply_tokens``) are invalid.
+
+    The client's error, found before any upstream was asked: not an upstream failure.
+    """
 
 
 class ProviderUnavailable(ProviderError):

@@ -24,13 +24,13 @@ REQUEST_ID = "X-Request-ID"
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 #: The dialect a handler serves, so errors are rendered in its shape.
 DIALECT_KEY = web.RequestKey("dialect", Dialect)
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def request_id_of(request: web.Request) -> str:
     """The client's ``X-Request-ID`` when it is sane, else a new one."""
     given = request.headers.get(REQUEST_ID, "")
-    return given if _VALID_ID.match(given) else uuid.uuid4().hex
+    return given if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def json_response(

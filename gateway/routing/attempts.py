@@ -19,6 +19,7 @@ import structlog
 from gateway.routing.registry import Route
 from providers.base import ChatRequest
 from providers.errors import (
+    InvalidOptions,
     ProviderBadRequest,
     ProviderError,
     ProviderRateLimited,
@@ -111,6 +112,8 @@ async def open_stream(
         for attempt in range(route.config.retries + 1):
             try:
                 opened = await _first_event(route, request)
+            except InvalidOptions:
+                raise  # the client's own options: no upstream was asked, none will help
             except ProviderError as exc:
                 failures.append(exc)
                 log.warning(

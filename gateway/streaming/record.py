@@ -18,6 +18,7 @@ import structlog
 
 from gateway.dialects.base import Completed, InboundRequest
 from gateway.errors import (
+    BadRequest,
     GatewayError,
     QuotaExceeded,
     ShuttingDown,
@@ -274,6 +275,8 @@ def end_reason(exc: BaseException) -> str:
         return "shutdown"
     if isinstance(exc, QuotaExceeded):
         return "insufficient_quota"
+    if isinstance(exc, BadRequest):
+        return "rejected"  # the client's request (e.g. a fake knob), not the upstream
     return "upstream_error"
 
 

@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
+from itertools import islice
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from providers.base import ChatRequest
 from providers.errors import (
+    InvalidOptions,
     ProviderAuthError,
-    ProviderBadRequest,
     ProviderError,
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
 )
 from providers.events import Finish, StreamEvent, TextDelta, Usage
-from providers.fake.text import compose_reply, seeded_rng
+from providers.fake.reply import MAX_REPLY_TOKENS, ReplyComposer
 from providers.support.tokenizer import Tokenizer
 
 FaultKind = Literal["upstream_error", "rate_limited", "timeout", "auth"]
@@ -39,10 +39,11 @@ _YIELD_EVERY = 32
 class FakeOptions(BaseModel):
     """The fake provider's knobs (the request's ``fake`` field)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-    #: Exact reply length in tokens; default: 150-400, chosen from the prompt and seed.
-    reply_tokens: int | None = Field(None, ge=0, le=1_000_000)
+    #: Exact reply length in tokens (at most ``MAX_REPLY_TOKENS``); default: 150-400,
+    #: chosen from the prompt and seed.
+    reply_tokens: int | None = Field(None, ge=0, le=MAX_REPLY_TOKENS)
     #: Pace after the first token; 0 means as fast as possible.
     tokens_per_second: float = Field(0.0, ge=0)
     #: Delay before the first token, in milliseconds.
@@ -56,7 +57,7 @@ class FakeOptions(BaseModel):
     stall_seconds: float | None = Field(None, gt=0)
     #: What ``fail_after`` raises.
     error: FaultKind = "upstream_error"
-    #: ``Retry-After`` of an injected rate limit, in seconds.
+    #: ``Retry-After`` of an injected rate limit, in seconds (the header is clamped).
     retry_after: float = Field(1.0, ge=0)
 
 
@@ -67,7 +68,7 @@ def parse_options(options: Mapping[str, Any]) -> FakeOptions:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise ProviderBadRequest(
+        raise InvalidOptions(
             f"Invalid value for 'fake.{field}': {first['msg']}", param=f"fake.{field}"
         ) from None
 
@@ -83,69 +84,23 @@ def _fault(kind: FaultKind, after: int, retry_after: float) -> ProviderError:
     return ProviderUnavailable(message, status=500)
 
 
-def _conversation_text(messages: list[dict[str, Any]]) -> tuple[str, str]:
-    """(whole conversation, last user text) as plain strings."""
-
-    def text_of(content: Any) -> str:
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            return " ".join(
-                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-            )
-        return ""
-
-    whole = "\n".join(f"{m.get('role')}: {text_of(m.get('content'))}" for m in messages)
-    last_user = next(
-        (text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-    )
-    return whole, last_user
-
-
 class FakeProvider:
     """Streams a deterministic reply; satisfies :class:`providers.base.Provider`."""
 
-    def __init__(self, tokenizer: Tokenizer, *, cache_size: int = 256) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self._tokenizer = tokenizer
-        self._cache: OrderedDict[tuple[str, int | None, int | None], tuple[TextDelta, ...]] = (
-            OrderedDict()
-        )
-        self._cache_size = cache_size
+        self._replies = ReplyComposer(tokenizer)
 
     def reply(self, request: ChatRequest, reply_tokens: int | None) -> tuple[TextDelta, ...]:
-        """The full reply as token events (cached: the same request gives the same)."""
-        whole, last_user = _conversation_text(request.messages)
-        key = (whole, request.seed, reply_tokens)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
-        rng = seeded_rng(whole, request.seed)
-        if reply_tokens is None:
-            # A whole reply (never cut mid-sentence) of roughly 150-400 tokens.
-            text = compose_reply(last_user, rng, min_chars=rng.randint(150, 400) * 4)
-            pieces = self._tokenizer.pieces(text)
-        else:
-            min_chars = reply_tokens * 5
-            while True:
-                pieces = self._tokenizer.pieces(compose_reply(last_user, rng, min_chars))
-                if len(pieces) >= reply_tokens:
-                    break
-                min_chars *= 2
-            pieces = pieces[:reply_tokens]
-        events = tuple(TextDelta(p) for p in pieces)
-        self._cache[key] = events
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return events
+        """The full reply as token events, exactly as :meth:`stream` sends them."""
+        return self._replies.reply(request, reply_tokens)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply token by token at the configured pace."""
         opts = parse_options(request.options)
-        tokens = self.reply(request, opts.reply_tokens)
-        finish: Literal["stop", "length"] = "stop"
-        if request.max_tokens is not None and request.max_tokens < len(tokens):
-            tokens, finish = tokens[: request.max_tokens], "length"
+        # Lazy: a token's text is composed when it is about to be sent.
+        plan = await self._replies.plan(request, opts.reply_tokens, request.max_tokens)
+        tokens, count, finish = islice(plan.tokens, plan.count), plan.count, plan.finish
 
         loop = asyncio.get_running_loop()
         # Timing need not repeat, only the text: the shared generator, not a 2.5 KB
@@ -174,14 +129,14 @@ class FakeProvider:
             elif sent % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             yield token
-        if opts.fail_after is not None and opts.fail_after >= len(tokens):
-            raise _fault(opts.error, len(tokens), opts.retry_after)
-        if opts.stall_after is not None and opts.stall_after >= len(tokens):
+        if opts.fail_after is not None and opts.fail_after >= count:
+            raise _fault(opts.error, count, opts.retry_after)
+        if opts.stall_after is not None and opts.stall_after >= count:
             await self._stall(opts.stall_seconds)
         yield Finish(finish)
         yield Usage(
-            prompt_tokens=self._tokenizer.count_messages(request.messages),
-            completion_tokens=len(tokens),
+            prompt_tokens=await self._tokenizer.count_messages_off_loop(request.messages),
+            completion_tokens=count,
         )
 
     @staticmethod
@@ -192,5 +147,5 @@ class FakeProvider:
             await asyncio.sleep(seconds)
 
     async def aclose(self) -> None:
-        """Nothing to release."""
-        self._cache.clear()
+        """Nothing to release but the cache."""
+        self._replies.clear()

