@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from providers.base import ChatRequest
@@ -26,7 +27,9 @@ from providers.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from providers.events import Finish, StreamEvent, TextDelta, Usage
+from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.fake import json_schema, tools
+from providers.fake.stops import apply_stops
 from providers.fake.text import compose_reply, seeded_rng
 from providers.support.tokenizer import Tokenizer
 
@@ -58,6 +61,8 @@ class FakeOptions(BaseModel):
     error: FaultKind = "upstream_error"
     #: ``Retry-After`` of an injected rate limit, in seconds.
     retry_after: float = Field(1.0, ge=0)
+    #: Call one of the request's tools even when ``tool_choice`` does not require it.
+    tool_call: bool = False
 
 
 def parse_options(options: Mapping[str, Any]) -> FakeOptions:
@@ -142,10 +147,9 @@ class FakeProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply token by token at the configured pace."""
         opts = parse_options(request.options)
-        tokens = self.reply(request, opts.reply_tokens)
-        finish: Literal["stop", "length"] = "stop"
+        tokens, finish, stop_sequence = self._events(request, opts)
         if request.max_tokens is not None and request.max_tokens < len(tokens):
-            tokens, finish = tokens[: request.max_tokens], "length"
+            tokens, finish, stop_sequence = tokens[: request.max_tokens], "length", None
 
         loop = asyncio.get_running_loop()
         # Timing need not repeat, only the text: the shared generator, not a 2.5 KB
@@ -178,11 +182,38 @@ class FakeProvider:
             raise _fault(opts.error, len(tokens), opts.retry_after)
         if opts.stall_after is not None and opts.stall_after >= len(tokens):
             await self._stall(opts.stall_seconds)
-        yield Finish(finish)
+        yield Finish(finish, stop_sequence)
         yield Usage(
             prompt_tokens=self._tokenizer.count_messages(request.messages),
             completion_tokens=len(tokens),
         )
+
+    def _events(
+        self, request: ChatRequest, opts: FakeOptions
+    ) -> tuple[Sequence[TextDelta | ToolCallDelta], FinishReason, str | None]:
+        """The reply's events before ``max_tokens``: a tool call, JSON or text (with
+        ``stop`` applied); the finish reason; the stop sequence that matched."""
+        params = request.params
+        if params.get("tools") or params.get("response_format"):
+            whole, last_user = _conversation_text(request.messages)
+            shape = orjson.dumps(
+                [params.get("tools"), params.get("response_format")], default=str
+            ).decode()
+            rng = seeded_rng(whole + shape, request.seed)
+            function = tools.chosen_function(
+                params, request.messages, force=opts.tool_call, rng=rng
+            )
+            if function is not None:
+                return tools.call_events(function, rng, self._tokenizer), "tool_calls", None
+            text = json_schema.reply_text(params.get("response_format"), rng, last_user)
+            if text is not None:
+                pieces = tuple(TextDelta(p) for p in self._tokenizer.pieces(text))
+                cut, matched = apply_stops(pieces, params.get("stop"))
+                return cut, "stop", matched
+        replied, stop_sequence = apply_stops(
+            self.reply(request, opts.reply_tokens), params.get("stop")
+        )
+        return replied, "stop", stop_sequence
 
     @staticmethod
     async def _stall(seconds: float | None) -> None:
