@@ -31,7 +31,8 @@ def parse_named(raw: bytes) -> list[tuple[str, Any]]:
         if all(line.startswith(":") for line in lines):
             continue
         assert len(lines) == 2, block
-        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+        assert lines[0].startswith("event: "), block
+        assert lines[1].startswith("data: "), block
         events.append((lines[0][len("event: ") :], orjson.loads(lines[1][len("data: ") :])))
     return events
 
