@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = metrics
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, metrics, live))
     app.router.add_post("/v1/chat/completions", replies.chat_completions)
+    app.router.add_post("/v1/responses", replies.responses)
+    app.router.add_post("/v1/messages", replies.messages)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/v1/usage", admin.usage)

@@ -40,6 +40,8 @@ class Finish:
     """The generation ended normally, for ``reason``."""
 
     reason: FinishReason
+    #: Which of the request's stop sequences ended it, when the provider knows.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

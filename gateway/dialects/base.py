@@ -52,6 +52,8 @@ class Completed:
     finish: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    #: The stop sequence that ended the reply, when one did (and the provider said so).
+    stop_sequence: str | None = None
 
 
 class Encoder(Protocol):
@@ -74,8 +76,8 @@ class Encoder(Protocol):
         """One tool-call fragment."""
         ...
 
-    def finish(self, reason: FinishReason) -> bytes:
-        """The frames of the finish reason."""
+    def finish(self, reason: FinishReason, stop_sequence: str | None = None) -> bytes:
+        """The frames of the finish reason (and the stop sequence that caused it)."""
         ...
 
     def end(self, usage: UsageCounts) -> bytes:
@@ -111,6 +113,8 @@ class Dialect(Protocol):
     name: str
     #: The OpenTelemetry GenAI operation name (``chat``).
     operation: str
+    #: Prefix of the reply's public id (``chatcmpl-``, ``resp_``, ``msg_``).
+    id_prefix: str
 
     def parse(self, body: bytes) -> DialectRequest:
         """Validate a request body; raises :class:`gateway.errors.BadRequest`."""

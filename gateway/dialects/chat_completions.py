@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.dialects.base import Completed, InboundRequest, UsageCounts
-from gateway.errors import BadRequest, GatewayError
+from gateway.dialects.validation import validate
+from gateway.errors import GatewayError
 from gateway.streaming import framer
 from providers.events import FinishReason, ToolCallDelta
 
@@ -154,39 +155,9 @@ _GATEWAY_FIELDS = {
 }
 
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
-
-
-def _param(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _TYPE_TAGS or "[" in part or "(" in part:
-            continue  # a union branch's tag, not a field
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def parse_request(body: bytes) -> ChatCompletionRequest:
     """Validate a request body, raising :class:`BadRequest` naming the first bad field."""
-    try:
-        return ChatCompletionRequest.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        if first["type"] == "json_invalid":
-            raise BadRequest(
-                f"We could not parse the JSON body of your request: {first['msg']}.",
-                code="invalid_json",
-            ) from None
-        if first["type"] == "model_type" and not first["loc"]:
-            raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-        param = _param(tuple(first["loc"]))
-        raise BadRequest(
-            f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value"
-        ) from None
+    return validate(ChatCompletionRequest, body)
 
 
 class ChunkEncoder:
@@ -247,8 +218,8 @@ class ChunkEncoder:
             self._content_head[: -len(b'{"content":')] + delta_json + self._tail
         )
 
-    def finish(self, reason: FinishReason) -> bytes:
-        """The chunk with an empty delta and the finish reason."""
+    def finish(self, reason: FinishReason, stop_sequence: str | None = None) -> bytes:
+        """The chunk with an empty delta and the finish reason (OpenAI names no stop)."""
         choice = (
             b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]'
         )
@@ -330,6 +301,7 @@ class ChatCompletionsDialect:
 
     name = "chat_completions"
     operation = "chat"
+    id_prefix = "chatcmpl-"
 
     def parse(self, body: bytes) -> ChatCompletionRequest:
         """See :func:`parse_request`."""

@@ -12,8 +12,10 @@ from aiohttp import web
 
 from gateway.admission.gate import DEFAULT_RESERVE_TOKENS, Gate, Ticket
 from gateway.admission.keys import Identity
+from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.dialects.base import Dialect
 from gateway.dialects.chat_completions import CHAT_COMPLETIONS
+from gateway.dialects.responses import RESPONSES
 from gateway.errors import Overloaded, ShuttingDown
 from gateway.http.body import read_body
 from gateway.http.middleware import DIALECT_KEY, REQUEST_ID, REQUEST_ID_KEY, json_response
@@ -55,7 +57,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         request=inbound,
         routes=routes,
         request_id=request_id,
-        reply_id=f"chatcmpl-{request_id}",
+        reply_id=f"{dialect.id_prefix}{request_id}",
         tokenizer=state.tokenizer,
         dialect=dialect.name,
         operation=dialect.operation,
@@ -105,3 +107,13 @@ async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int |
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``."""
     return await reply(request, CHAT_COMPLETIONS)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses``."""
+    return await reply(request, RESPONSES)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/messages`` (Anthropic's Messages API)."""
+    return await reply(request, ANTHROPIC_MESSAGES)

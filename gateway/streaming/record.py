@@ -79,6 +79,7 @@ class ReplyRecord:
     first_token_at: float | None = None
     ended_at: float | None = None
     finish: FinishReason | None = None
+    stop_sequence: str | None = None
     usage: Usage | None = None
     #: Why the reply ended: ``stop``, ``length``, ``client_gone``, ``timeout``, ...
     reason: str = "upstream_error"
@@ -148,6 +149,7 @@ class ReplyRecord:
             call["function"]["arguments"] += event.arguments
         elif isinstance(event, Finish):
             self.finish = event.reason
+            self.stop_sequence = event.stop_sequence
         elif isinstance(event, Usage):
             self.usage = event
 
@@ -203,6 +205,7 @@ class ReplyRecord:
             finish=self.check_complete(),
             prompt_tokens=prompt,
             completion_tokens=completion,
+            stop_sequence=self.stop_sequence,
         )
 
     # Ending: exactly once.

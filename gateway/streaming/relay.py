@@ -195,5 +195,5 @@ def _frame_of(encoder: Encoder, event: StreamEvent) -> bytes:
     if isinstance(event, ToolCallDelta):
         return encoder.tool_call(event)
     if isinstance(event, Finish):
-        return encoder.finish(event.reason)
+        return encoder.finish(event.reason, event.stop_sequence)
     return b""

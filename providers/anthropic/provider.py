@@ -108,6 +108,7 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncGenerator[StreamEven
     loads = orjson.loads
     input_tokens = output_tokens = 0
     stop_reason: str | None = None
+    stop_sequence: str | None = None
     tool_index: dict[Any, int] = {}  # content block index → tool call number
     async for chunk in response.content.iter_any():
         for sse in parser.feed(chunk):
@@ -135,11 +136,12 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncGenerator[StreamEven
                 output_tokens = int(usage.get("output_tokens") or 0)
             elif kind == "message_delta":
                 stop_reason = (obj.get("delta") or {}).get("stop_reason") or stop_reason
+                stop_sequence = (obj.get("delta") or {}).get("stop_sequence") or stop_sequence
                 usage = obj.get("usage") or {}
                 input_tokens = _input_tokens(usage, input_tokens)
                 output_tokens = int(usage.get("output_tokens") or output_tokens)
             elif kind == "message_stop":
-                yield Finish(_STOP_REASONS.get(stop_reason or "", "stop"))
+                yield Finish(_STOP_REASONS.get(stop_reason or "", "stop"), stop_sequence)
                 yield Usage(prompt_tokens=input_tokens, completion_tokens=output_tokens)
                 await _drain(response)
                 return

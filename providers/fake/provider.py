@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from providers.base import ChatRequest
@@ -26,8 +27,11 @@ from providers.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from providers.events import Finish, StreamEvent, TextDelta, Usage
+from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.fake import json_schema, tools
 from providers.fake.reply import MAX_REPLY_TOKENS, ReplyComposer
+from providers.fake.stops import apply_stops
+from providers.fake.text import seeded_rng
 from providers.support.tokenizer import Tokenizer
 
 FaultKind = Literal["upstream_error", "rate_limited", "timeout", "auth"]
@@ -59,6 +63,8 @@ class FakeOptions(BaseModel):
     error: FaultKind = "upstream_error"
     #: ``Retry-After`` of an injected rate limit, in seconds (the header is clamped).
     retry_after: float = Field(1.0, ge=0)
+    #: Call one of the request's tools even when ``tool_choice`` does not require it.
+    tool_call: bool = False
 
 
 def parse_options(options: Mapping[str, Any]) -> FakeOptions:
@@ -84,6 +90,25 @@ def _fault(kind: FaultKind, after: int, retry_after: float) -> ProviderError:
     return ProviderUnavailable(message, status=500)
 
 
+def _conversation_text(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    """(whole conversation, last user text) as plain strings."""
+
+    def text_of(content: Any) -> str:
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return " ".join(
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
+        return ""
+
+    whole = "\n".join(f"{m.get('role')}: {text_of(m.get('content'))}" for m in messages)
+    last_user = next(
+        (text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    return whole, last_user
+
+
 class FakeProvider:
     """Streams a deterministic reply; satisfies :class:`providers.base.Provider`."""
 
@@ -98,9 +123,19 @@ class FakeProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply token by token at the configured pace."""
         opts = parse_options(request.options)
-        # Lazy: a token's text is composed when it is about to be sent.
-        plan = await self._replies.plan(request, opts.reply_tokens, request.max_tokens)
-        tokens, count, finish = islice(plan.tokens, plan.count), plan.count, plan.finish
+        tokens: Iterable[TextDelta | ToolCallDelta]
+        stop_sequence: str | None = None
+        finish: FinishReason
+        special = await self._shaped(request, opts)
+        if special is None:
+            # Lazy: a token's text is composed when it is about to be sent.
+            plan = await self._replies.plan(request, opts.reply_tokens, request.max_tokens)
+            tokens, count, finish = islice(plan.tokens, plan.count), plan.count, plan.finish
+        else:
+            events, finish, stop_sequence = special
+            if request.max_tokens is not None and request.max_tokens < len(events):
+                events, finish, stop_sequence = events[: request.max_tokens], "length", None
+            tokens, count = events, len(events)
 
         loop = asyncio.get_running_loop()
         # Timing need not repeat, only the text: the shared generator, not a 2.5 KB
@@ -133,11 +168,41 @@ class FakeProvider:
             raise _fault(opts.error, count, opts.retry_after)
         if opts.stall_after is not None and opts.stall_after >= count:
             await self._stall(opts.stall_seconds)
-        yield Finish(finish)
+        yield Finish(finish, stop_sequence)
         yield Usage(
             prompt_tokens=await self._tokenizer.count_messages_off_loop(request.messages),
             completion_tokens=count,
         )
+
+    async def _shaped(
+        self, request: ChatRequest, opts: FakeOptions
+    ) -> tuple[Sequence[TextDelta | ToolCallDelta], FinishReason, str | None] | None:
+        """A reply the request shapes, before ``max_tokens``: a tool call, JSON, or text
+        with ``stop`` applied; with its finish reason and the stop sequence that matched.
+        ``None`` for a plain reply, which :meth:`stream` composes lazily."""
+        params = request.params
+        if params.get("tools") or params.get("response_format"):
+            whole, last_user = _conversation_text(request.messages)
+            shape = orjson.dumps(
+                [params.get("tools"), params.get("response_format")], default=str
+            ).decode()
+            rng = seeded_rng(whole + shape, request.seed)
+            function = tools.chosen_function(
+                params, request.messages, force=opts.tool_call, rng=rng
+            )
+            if function is not None:
+                return tools.call_events(function, rng, self._tokenizer), "tool_calls", None
+            text = json_schema.reply_text(params.get("response_format"), rng, last_user)
+            if text is not None:
+                pieces = tuple(TextDelta(p) for p in self._tokenizer.pieces(text))
+                cut, matched = apply_stops(pieces, params.get("stop"))
+                return cut, "stop", matched
+        if not params.get("stop"):
+            return None
+        # Stops need the whole text; bounded by MAX_REPLY_TOKENS and built off the loop.
+        whole_reply = await asyncio.to_thread(self._replies.reply, request, opts.reply_tokens)
+        replied, stop_sequence = apply_stops(whole_reply, params.get("stop"))
+        return replied, "stop", stop_sequence
 
     @staticmethod
     async def _stall(seconds: float | None) -> None:
