@@ -11,6 +11,7 @@ from aiohttp import web
 from config import Settings
 from gateway.http import health, models, replies
 from gateway.http.middleware import error_middleware
+from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
 from gateway.routing.registry import Registry
 from gateway.state import STATE, GatewayState
@@ -47,4 +48,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/healthz", health.healthz)
     setup_ui(app)
+    setup_origin_policy(app, settings)
     return app

@@ -4,6 +4,7 @@
 
     GatewayError                  an error the client sees, with status and OpenAI body
     ├── BadRequest                400  invalid JSON, invalid field (``param`` names it)
+    ├── Forbidden                 403  Host or browser Origin not allowed
     ├── NotFound                  404  unknown model or route
     ├── MethodNotAllowed          405
     ├── PayloadTooLarge           413  body over ``max_body_bytes``
@@ -73,6 +74,12 @@ class GatewayError(Exception):
 class BadRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "origin_not_allowed"
 
 
 class NotFound(GatewayError):

@@ -75,14 +75,14 @@ CASES: list[tuple[str, Any, int, str | None, str | None]] = [
         {"model": "fake", "messages": OK_MSG, "fake": {"reply_tokens": -1}},
         400,
         "fake.reply_tokens",
-        "upstream_rejected",
+        "invalid_value",
     ),
     (
         "unknown fake knob",
         {"model": "fake", "messages": OK_MSG, "fake": {"speed": 1}},
         400,
         "fake.speed",
-        "upstream_rejected",
+        "invalid_value",
     ),
     ("unknown model", {"model": "gpt-9", "messages": OK_MSG}, 404, "model", "model_not_found"),
 ]
