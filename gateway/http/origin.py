@@ -24,7 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from config import Settings
 from gateway.errors import Forbidden
@@ -100,7 +100,7 @@ def _same_origin(request: web.Request, origin: str) -> bool:
     return origin.lower() == f"{request.scheme}://{request.host}".lower()
 
 
-def origin_middleware(policy: OriginPolicy) -> web.Middleware:
+def origin_middleware(policy: OriginPolicy) -> Middleware:
     """The middleware enforcing ``policy``; see the module docstring."""
 
     @web.middleware
