@@ -15,6 +15,7 @@ from gateway.admission.memory_store import MemoryStore
 from gateway.admission.store import StateStore
 from gateway.http import admin, health, models, replies
 from gateway.http.middleware import count_requests, error_middleware
+from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
 from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
 from gateway.observability.metrics import METRICS, Metrics, multiprocess_dir
@@ -86,4 +87,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/healthz", health.healthz)
     setup_ui(app)
     setup_dashboard(app, Dashboard(live, draining=lambda: STATE in app and app[STATE].draining))
+    setup_origin_policy(app, settings)
     return app

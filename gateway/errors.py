@@ -5,7 +5,7 @@
     GatewayError                  an error the client sees, with status and OpenAI body
     ├── BadRequest                400  invalid JSON, invalid field (``param`` names it)
     ├── Unauthorized              401  missing or wrong API key
-    ├── Forbidden                 403  a model the key may not use; admin only
+    ├── Forbidden                 403  a model the key may not use; Host or Origin not allowed
     ├── NotFound                  404  unknown model or route
     ├── MethodNotAllowed          405
     ├── PayloadTooLarge           413  body over ``max_body_bytes``

@@ -19,6 +19,7 @@ from gateway.dialects.responses import RESPONSES
 from gateway.errors import Overloaded, ShuttingDown
 from gateway.http.body import read_body
 from gateway.http.middleware import DIALECT_KEY, REQUEST_ID, REQUEST_ID_KEY, json_response
+from gateway.http.offload import parse_body
 from gateway.observability.replies import reply_observer
 from gateway.state import STATE
 from gateway.streaming.collector import collect
@@ -34,8 +35,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     state = request.app[STATE]
     settings = state.settings
     body = await read_body(request, settings.max_body_bytes, settings.request_read_timeout_seconds)
-    parsed = dialect.parse(body)
-    inbound = parsed.inbound
+    parsed, inbound = await parse_body(dialect, body)  # large bodies in a thread
     identity = state.gate.identify(request.headers)
     routes = state.registry.resolve(inbound.model)
     state.gate.check_model(identity, inbound.model)

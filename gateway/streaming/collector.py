@@ -32,6 +32,7 @@ async def collect(record: ReplyRecord, parsed: DialectRequest) -> dict[str, Any]
             ) from None
         finally:
             await close_events(opened.events)
+        await record.count_prompt()  # a large prompt is counted off the loop
         body = parsed.completion(record.completed())
     except GatewayError as exc:
         record.end_failed(exc)

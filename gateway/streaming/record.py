@@ -89,6 +89,8 @@ class ReplyRecord:
     #: The text of each token event, in order (their count is the completion tokens sent).
     texts: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Prompt tokens counted by :meth:`count_prompt` (when the upstream gave none).
+    counted_prompt_tokens: int | None = None
 
     # Producing.
 
@@ -169,7 +171,17 @@ class ReplyRecord:
     def prompt_tokens(self) -> int:
         if self.usage is not None:
             return self.usage.prompt_tokens
-        return self.tokenizer.count_messages(self.request.messages)
+        if self.counted_prompt_tokens is None:
+            self.counted_prompt_tokens = self.tokenizer.count_messages(self.request.messages)
+        return self.counted_prompt_tokens
+
+    async def count_prompt(self) -> None:
+        """Count the prompt now, off the event loop when it is large, unless the
+        upstream reported usage: call before :meth:`usage_counts` is needed."""
+        if self.usage is None and self.counted_prompt_tokens is None:
+            self.counted_prompt_tokens = await self.tokenizer.count_messages_off_loop(
+                self.request.messages
+            )
 
     def reported_completion_tokens(self) -> int:
         """The upstream's count when it gave one, else the route's ``usage_count``."""

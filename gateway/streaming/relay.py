@@ -186,6 +186,7 @@ class StreamSession:
                 break
             watchdog.last_event = loop.time()
         record.check_complete()
+        await record.count_prompt()  # a large prompt is counted off the loop
         await send(encoder.end(record.usage_counts))
         await stream.close()
 

@@ -359,7 +359,7 @@ async def test_fuzzed_model_ids(gateway_url: str, name: bytes) -> None:
 
 # --- Raw HTTP over sockets -------------------------------------------------------------
 
-CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
 BODY = b'{"model":"fake-fast","messages":[{"role":"user","content":"hi"}],"max_tokens":3}'
 
 
@@ -436,7 +436,7 @@ RAW_CASES: list[tuple[str, bytes, str]] = [
     ("unknown-transfer-encoding", CHAT + b"Transfer-Encoding: gzip, zork\r\n\r\nabc", "4xx"),
     (
         "huge-header",
-        b"GET /v1/models HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
         "4xx",
     ),
     (
@@ -444,9 +444,13 @@ RAW_CASES: list[tuple[str, bytes, str]] = [
         b"GET /v1/models HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(500)) + b"\r\n",
         "4xx",
     ),
-    ("long-uri", b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", "4xx"),
+    ("long-uri", b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", "4xx"),
     ("header-without-colon", b"GET /v1/models HTTP/1.1\r\nHost t\r\n\r\n", "4xx"),
-    ("obsolete-line-folding", b"GET /v1/models HTTP/1.1\r\nHost: t\r\n folded\r\n\r\n", "4xx"),
+    (
+        "obsolete-line-folding",
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n folded\r\n\r\n",
+        "4xx",
+    ),
     (
         "control-char-in-header",
         b"GET /v1/models HTTP/1.1\r\nX-Request-ID: a\x7f\x01b\r\n\r\n",

@@ -61,7 +61,7 @@ def test_slowloris_headers_get_408_and_close(
 ) -> None:
     proc = gateway_process(env={"TOKENPIPE_REQUEST_READ_TIMEOUT_SECONDS": "0.5"})
     with socket.create_connection(("127.0.0.1", proc.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
         started = time.monotonic()
         reply = read_all(sock, timeout=10)
         elapsed = time.monotonic() - started
@@ -75,7 +75,7 @@ def test_slow_body_gets_408(gateway_process: Callable[..., GatewayProcess]) -> N
     proc = gateway_process(env={"TOKENPIPE_REQUEST_READ_TIMEOUT_SECONDS": "0.5"})
     with socket.create_connection(("127.0.0.1", proc.port)) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"
         )
         reply = read_all(sock, timeout=10)
     assert reply.startswith(b"HTTP/1.1 408 ")
@@ -90,7 +90,7 @@ def test_prompt_client_is_not_cut_by_the_header_deadline(
     body = orjson.dumps(chat(max_tokens=3, fake={"ttft_ms": 1500}))
     with socket.create_connection(("127.0.0.1", proc.port)) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
             + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + body
         )
@@ -110,7 +110,7 @@ def test_stalled_readers_bounded_memory_and_others_stay_fast(
     process = psutil.Process(proc.proc.pid)
     body = orjson.dumps(chat(fake={"reply_tokens": 50_000}))
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
@@ -134,7 +134,7 @@ def test_stalled_readers_bounded_memory_and_others_stay_fast(
     with socket.create_connection(("127.0.0.1", proc.port)) as sock:
         small = orjson.dumps(chat(max_tokens=20))
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
             + f"Content-Length: {len(small)}\r\n\r\n".encode()
             + small
         )
@@ -165,5 +165,5 @@ def test_stalled_readers_bounded_memory_and_others_stay_fast(
 
 def read_health(port: int) -> bytes:
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         return read_all(sock, timeout=5).split(b"\r\n\r\n", 1)[1]

@@ -47,7 +47,8 @@ def raw_post(port: int, body: dict[str, Any]) -> socket.socket:
     payload = orjson.dumps(body)
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\n"
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )

@@ -18,7 +18,7 @@ from tests.support.sse_client import chat, parse_events
 def http(port: int, method: str, path: str, body: bytes = b"", timeout: float = 30) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(
-            f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

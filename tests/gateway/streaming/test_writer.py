@@ -19,7 +19,7 @@ async def raw_exchange(
     reader, writer = await asyncio.open_connection(host, int(port))
     payload = orjson.dumps(body)
     writer.write(
-        f"POST /v1/chat/completions HTTP/{version}\r\nHost: x\r\nConnection: close\r\n"
+        f"POST /v1/chat/completions HTTP/{version}\r\nHost: localhost\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
