@@ -108,7 +108,7 @@ def unavailable_reason() -> str | None:
     python = VENV / "bin" / "python"
     model_path = VENV / "model-path"
     if not python.exists() or not model_path.exists():
-        return f"real model unavailable: no {VENV.name} (run ./scripts/realmodel-env)"
+        return f"real model unavailable: no {VENV} (run ./scripts/realmodel-env)"
     model = Path(model_path.read_text().strip())
     if not model.is_file():
         return f"real model unavailable: {model} is missing (run ./scripts/realmodel-env)"

@@ -28,7 +28,11 @@ import pytest
 from openai import AsyncOpenAI
 from playwright.async_api import Request, Route, async_playwright, expect
 
-from tests.e2e.realmodel.conftest import MODEL_ALIAS, LlamaServer
+from tests.e2e.realmodel.conftest import MODEL_ALIAS, LlamaServer, unavailable_reason
+
+# One skip line for the module rather than one per test.
+if reason := unavailable_reason():
+    pytest.skip(reason, allow_module_level=True)
 
 pytestmark = pytest.mark.realmodel
 
