@@ -291,7 +291,9 @@ async def test_chat_page_streams_a_real_reply(
     assert visible(shown) == visible(expected.text)
 
 
-@pytest.mark.xfail(strict=True, reason="usage_count not implemented yet")
+@pytest.mark.xfail(
+    strict=True, reason="CJK: a character spanning two tokens comes as one chunk (an estimate)"
+)
 async def test_streamed_usage_counts_the_models_tokens(
     direct: AsyncOpenAI, gateway: AsyncOpenAI
 ) -> None:
@@ -303,6 +305,29 @@ async def test_streamed_usage_counts_the_models_tokens(
     )
     relayed = await stream(
         gateway, ROUTE, prompt, max_tokens=32, stream_options={"include_usage": True}
+    )
+    assert upstream.usage is not None
+    assert relayed.usage is not None
+    assert abs(relayed.usage["completion_tokens"] - upstream.usage.completion_tokens) <= 1
+
+
+async def test_streamed_usage_counts_chunks_within_one_token_for_ascii(
+    direct: AsyncOpenAI, gateway: AsyncOpenAI
+) -> None:
+    """usage_count ``chunks`` (the default for compatible upstreams): one token a chunk.
+
+    With ASCII text every token is one chunk, so the count is within one token of
+    the model's own (the server reports one more than it sends at ``length``). CJK
+    is the documented estimate case (see the xfail above): a character spanning two
+    tokens arrives as one chunk.
+    """
+    prompt = "Write one sentence about rivers."
+    await warm(direct, prompt)
+    upstream = await direct.chat.completions.create(
+        model=MODEL_ALIAS, messages=user(prompt), max_tokens=24, **GREEDY
+    )
+    relayed = await stream(
+        gateway, ROUTE, prompt, max_tokens=24, stream_options={"include_usage": True}
     )
     assert upstream.usage is not None
     assert relayed.usage is not None
