@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -58,7 +59,7 @@ async def test_reachable_upstream(tmp_path: Path) -> None:
     assert out.splitlines() == [
         "c.yaml: OK (4 models: a, b, fake, fake-fast)",
         f"connect ok: GET {base}/models: HTTP 401",  # answered: reachable
-        "connect skipped: redis: this build has no redis_url setting",
+        "connect skipped: redis: redis_url is not set",
     ]
     assert seen == ["/v1/models"]  # one GET per distinct base_url
     assert "sk-hidden" not in out
@@ -89,3 +90,15 @@ async def test_connect_needs_check_config() -> None:
     code, _, err = await run_tokenpipe("--connect")
     assert code == 2
     assert "--connect needs --check-config FILE" in err
+
+
+async def test_redis_reachable_and_refused(tmp_path: Path, redis_server: Any) -> None:
+    """``--connect`` PINGs the configured Redis: found, then stopped."""
+    (tmp_path / "c.yaml").write_text(f"redis_url: '{redis_server.url}'\n")
+    code, out, _ = await run_tokenpipe("--check-config", "c.yaml", "--connect")
+    assert code == 0
+    assert f"connect ok: redis {redis_server.url}" in out
+    redis_server.stop()
+    code, out, _ = await run_tokenpipe("--check-config", "c.yaml", "--connect")
+    assert code == 1
+    assert f"connect FAILED: redis {redis_server.url}: ConnectionError" in out
