@@ -10,6 +10,8 @@ from aiohttp import web
 
 from config import Settings
 from gateway.http import health, models, replies
+from gateway.http.access_log import access_log_middleware
+from gateway.http.expect import expect_within_limit
 from gateway.http.middleware import error_middleware
 from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
@@ -43,10 +45,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
-    app.router.add_post("/v1/chat/completions", replies.chat_completions)
+    app.router.add_post(
+        "/v1/chat/completions", replies.chat_completions, expect_handler=expect_within_limit
+    )
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/healthz", health.healthz)
     setup_ui(app)
     setup_origin_policy(app, settings)
+    app.middlewares.insert(0, access_log_middleware())
     return app
