@@ -14,6 +14,8 @@ from gateway.admission.keys import KeyRing
 from gateway.admission.memory_store import MemoryStore
 from gateway.admission.store import StateStore
 from gateway.http import admin, health, models, replies
+from gateway.http.access_log import access_log_middleware
+from gateway.http.expect import expect_within_limit
 from gateway.http.middleware import count_requests, error_middleware
 from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
@@ -77,9 +79,12 @@ def create_app(settings: Settings | None = None) -> web.Application:
     live = LiveStats([*names, *settings.aliases], share_dir=multiprocess_dir())
     app[METRICS] = metrics
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, metrics, live))
-    app.router.add_post("/v1/chat/completions", replies.chat_completions)
-    app.router.add_post("/v1/responses", replies.responses)
-    app.router.add_post("/v1/messages", replies.messages)
+    for path, handler in (
+        ("/v1/chat/completions", replies.chat_completions),
+        ("/v1/responses", replies.responses),
+        ("/v1/messages", replies.messages),
+    ):
+        app.router.add_post(path, handler, expect_handler=expect_within_limit)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/v1/usage", admin.usage)
@@ -88,4 +93,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
     setup_ui(app)
     setup_dashboard(app, Dashboard(live, draining=lambda: STATE in app and app[STATE].draining))
     setup_origin_policy(app, settings)
+    app.middlewares.insert(0, access_log_middleware())
     return app

@@ -141,3 +141,15 @@ def test_sdk_exceptions_keep_their_aiohttp_cause() -> None:
     wrapped.__cause__ = httpx2.ConnectTimeout("mapped")
     wrapped.__cause__.__cause__ = root
     assert sdk_internals.aiohttp_cause(wrapped) is root
+
+
+def test_request_handler_error_seams_exist() -> None:
+    """gateway/server/bad_requests.py overrides ``RequestHandler.handle_error``,
+    ``log_exception`` and ``data_received``; aiohttp_internals.new_request_handler
+    builds it as ``web.Server.__call__`` does (``_loop``, ``_kwargs``)."""
+    params = list(inspect.signature(aiohttp_internals.RequestHandler.handle_error).parameters)
+    assert params[:5] == ["self", "request", "status", "exc", "message"]
+    assert callable(aiohttp_internals.RequestHandler.log_exception)
+    assert callable(aiohttp_internals.RequestHandler.data_received)
+    source = inspect.getsource(web.Server.__call__)
+    assert "RequestHandler(self, loop=self._loop, **self._kwargs)" in source

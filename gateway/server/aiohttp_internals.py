@@ -14,7 +14,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["RequestHandler", "protocol_of_request_factory_call", "server_settings"]
+__all__ = [
+    "RequestHandler",
+    "new_request_handler",
+    "protocol_of_request_factory_call",
+    "server_settings",
+]
 
 
 def server_settings(server: web.Server) -> dict[str, Any]:
@@ -31,3 +36,14 @@ def protocol_of_request_factory_call(args: tuple[Any, ...], kw: dict[str, Any]) 
     """
     protocol: RequestHandler = args[2] if len(args) > 2 else kw["protocol"]
     return protocol
+
+
+def new_request_handler(server: web.Server, cls: type[RequestHandler]) -> RequestHandler:
+    """What ``web.Server.__call__`` does (one protocol per connection), with ``cls``.
+
+    ``RequestHandler`` is aiohttp's connection protocol; its ``handle_error`` (the
+    answer to a malformed request), ``log_exception`` and ``data_received`` are
+    overridden by :mod:`gateway.server.bad_requests`.
+    """
+    kwargs: dict[str, Any] = server._kwargs
+    return cls(server, loop=server._loop, **kwargs)

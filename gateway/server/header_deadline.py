@@ -8,7 +8,9 @@ gets a 408 with an OpenAI error body and the connection is closed. The body has
 its own deadline, in the handler.
 
 After a request, the same timer is re-armed with the (longer) keep-alive timeout,
-and then closes the connection silently: it may simply be idle. That timeout is
+and then closes the connection silently: it may simply be idle. When the next
+request's first bytes arrive, the header deadline applies again (a slow-loris on
+a kept-alive connection gets its 408 too). That timeout is
 above common load balancers' idle timeouts (AWS ALB: 60 s), which must be shorter
 than the server's so they never send a request on a connection being closed.
 """
@@ -22,11 +24,14 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import RequestTimeout
+from gateway.observability.log_throttle import LogThrottle
 from gateway.server.aiohttp_internals import (
     RequestHandler,
+    new_request_handler,
     protocol_of_request_factory_call,
     server_settings,
 )
+from gateway.server.bad_requests import GatewayRequestHandler
 
 
 def _timeout_response(seconds: float) -> bytes:
@@ -52,6 +57,9 @@ class GuardedServer(web.Server):
         self._keepalive_timeout: float = kwargs.get("keepalive_timeout", 75.0)
         self._expired = _timeout_response(header_timeout)
         self._guards: dict[RequestHandler, asyncio.TimerHandle] = {}
+        #: Connections whose timer is the keep-alive one (between requests).
+        self._idle: set[RequestHandler] = set()
+        self._throttle = LogThrottle()
         inner_factory = self.request_factory
 
         def factory(*args: Any, **kw: Any) -> web.BaseRequest:
@@ -71,6 +79,17 @@ class GuardedServer(web.Server):
 
         return handle
 
+    def __call__(self) -> RequestHandler:
+        protocol = new_request_handler(self, GatewayRequestHandler)
+        assert isinstance(protocol, GatewayRequestHandler)
+        protocol.on_data = self._data_arrived
+        protocol.throttle = self._throttle
+        return protocol
+
+    def _data_arrived(self, protocol: RequestHandler) -> None:
+        if protocol in self._idle:  # the next request begins: its headers have a deadline
+            self._arm(protocol)
+
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         self._arm(handler)
@@ -86,14 +105,18 @@ class GuardedServer(web.Server):
         loop = asyncio.get_running_loop()
         delay = self._keepalive_timeout if idle else self._header_timeout
         self._guards[protocol] = loop.call_later(delay, self._expire, protocol, idle)
+        if idle:
+            self._idle.add(protocol)
 
     def _disarm(self, protocol: RequestHandler) -> None:
+        self._idle.discard(protocol)
         guard = self._guards.pop(protocol, None)
         if guard is not None:
             guard.cancel()
 
     def _expire(self, protocol: RequestHandler, idle: bool) -> None:
         self._guards.pop(protocol, None)
+        self._idle.discard(protocol)
         transport = protocol.transport
         if transport is not None and not transport.is_closing():
             if not idle:

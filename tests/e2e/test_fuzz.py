@@ -17,14 +17,14 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from yarl import URL
@@ -649,3 +649,143 @@ def test_gateway_process_survives_hostile_input(
     code, logs = gateway.stop()
     assert code == 0, logs
     assert '"request_failed"' not in logs, logs
+
+
+# --- Hostile knob values and hostile upstream chunks (the hardening issue) -------------
+
+hostile_numbers = (
+    st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e300, -1e300, 2**63, 10**30])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-(2**70), 2**70)
+)
+#: ``Infinity``/``NaN`` literals as a JSON parser that accepts them would read them.
+_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+
+
+def _number_literal(value: float | int) -> str:
+    text = repr(value)
+    return _NON_FINITE.get(text, text)
+
+
+@FUZZ
+@given(
+    knob=st.sampled_from(
+        ["reply_tokens", "tokens_per_second", "ttft_ms", "jitter", "fail_after", "retry_after"]
+    ),
+    value=hostile_numbers,
+    error=st.sampled_from(["upstream_error", "rate_limited", "timeout", "auth"]),
+)
+async def test_fuzzed_hostile_knob_values_never_500(
+    gateway_url: str, knob: str, value: float | int, error: str
+) -> None:
+    # A valid but slow pace or first-token delay is a (bounded) wait, not a bug.
+    slow = {"tokens_per_second": (0, 200), "ttft_ms": (1000, 600_001)}
+    if knob in slow and value == value:
+        low, high = slow[knob]
+        assume(not low < value < high)
+    fake = f'"fail_after": 0, "error": "{error}", "{knob}": {_number_literal(value)}'
+    if knob == "fail_after":
+        fake = f'"error": "{error}", "fail_after": {_number_literal(value)}'
+    raw = (
+        '{"model": "fake-fast", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],'
+        f' "fake": {{{fake}}}}}'
+    ).encode()
+    with capture_logs() as logs:
+        async with (
+            asyncio.timeout(REQUEST_TIMEOUT),
+            aiohttp.ClientSession() as session,
+            session.post(f"{gateway_url}/v1/chat/completions", data=raw) as resp,
+        ):
+            body = await resp.read()
+            assert resp.status in {200, 400} | FAULT_STATUSES, (resp.status, body[:300])
+            assert "error" in orjson.loads(body) or resp.status == 200
+            retry_after = resp.headers.get("Retry-After")
+            if retry_after is not None:
+                assert retry_after.isdigit()
+                assert 0 <= int(retry_after) <= 3600
+    assert not server_errors(logs), server_errors(logs)
+
+
+chunk_values = json_values | hostile_numbers
+hostile_chunks = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "choices": st.lists(
+                st.fixed_dictionaries(
+                    {}, optional={"delta": chunk_values, "finish_reason": chunk_values}
+                ),
+                max_size=2,
+            )
+            | chunk_values
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "choices": st.just([{"delta": {}}]).map(list)
+            | st.builds(
+                lambda call: [{"delta": {"tool_calls": [call]}}],
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "index": chunk_values,
+                        "id": chunk_values,
+                        "function": st.fixed_dictionaries(
+                            {}, optional={"name": chunk_values, "arguments": chunk_values}
+                        )
+                        | chunk_values,
+                    },
+                ),
+            ),
+        },
+        optional={
+            "usage": chunk_values
+            | st.fixed_dictionaries(
+                {"prompt_tokens": chunk_values, "completion_tokens": chunk_values}
+            )
+        },
+    ),
+    st.fixed_dictionaries({"error": chunk_values}),
+    json_values,
+)
+
+
+@pytest.fixture
+async def hostile_upstream(make_gateway: Any) -> AsyncIterator[tuple[Any, str]]:
+    """A fake OpenAI upstream and a gateway routing ``up`` to it, for every example."""
+    from tests.support.fakes.openai_upstream import FakeOpenAIUpstream
+
+    async with FakeOpenAIUpstream() as fake:
+        model = {
+            "name": "up",
+            "provider": "openai",
+            "base_url": fake.base_url,
+            "api_key": "k",
+            "retries": 0,
+            "timeouts": {"connect": 2, "first_token": 5, "idle": 5},
+        }
+        yield fake, await make_gateway(models=[model])
+
+
+@settings(FUZZ, max_examples=_EXPLORE or 60)
+@given(
+    chunks=st.lists(hostile_chunks, min_size=1, max_size=3),
+    stream=st.booleans(),
+)
+async def test_fuzzed_hostile_upstream_chunks_never_500(
+    hostile_upstream: tuple[Any, str], chunks: list[Any], stream: bool
+) -> None:
+    from tests.support.fakes.openai_upstream import Behaviour
+
+    fake, url = hostile_upstream
+    # The stdlib encoder: big integers, NaN and Infinity go out as written.
+    fake.script = [Behaviour(raw=tuple(json.dumps(c).encode() for c in chunks))]
+    body = {"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    with capture_logs() as logs:
+        async with (
+            asyncio.timeout(REQUEST_TIMEOUT),
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/v1/chat/completions", json=body) as resp,
+        ):
+            raw = await resp.read()
+            assert resp.status in {200, 429, 502, 504}, (resp.status, raw[:300])
+    assert not server_errors(logs), server_errors(logs)

@@ -1,0 +1,71 @@
+"""The access log: one ``http_request`` JSON line per request (a middleware).
+
+Fields: method, path (no query string: it may hold secrets), status, duration_ms,
+bytes sent, the client's address and the request id (bound by the error
+middleware). No headers, keys or prompt text. Errors (4xx included) are logged
+like any answer; the same error status from the same client is rate-limited
+(:mod:`gateway.observability.log_throttle`), so a flood of bad requests costs a few
+lines. Malformed HTTP, which never reaches a middleware, is logged by
+:mod:`gateway.server.bad_requests`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from gateway.http.middleware import REQUEST_ID_KEY
+from gateway.observability.log_throttle import LogThrottle
+
+log = structlog.get_logger("tokenpipe.access")
+
+
+def _bytes_sent(response: web.StreamResponse) -> int:
+    if response.prepared:
+        return response.body_length
+    if isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+        return len(response.body)
+    return 0
+
+
+def access_log_middleware(throttle: LogThrottle | None = None) -> Middleware:
+    """The access-log middleware (outermost: it sees every answer and its time)."""
+    errors = throttle or LogThrottle()
+
+    @web.middleware
+    async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except BaseException:
+            status = 499  # cancelled: the client went away
+            raise
+        finally:
+            fields = {
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                "bytes": _bytes_sent(response) if response is not None else 0,
+                "client": request.remote,
+                "request_id": request.get(REQUEST_ID_KEY),
+            }
+            if status < 400:
+                log.info("http_request", **fields)
+            else:
+                allowed, suppressed = errors.admit(f"{status} {request.remote}")
+                if allowed:
+                    extra = {"suppressed": suppressed} if suppressed else {}
+                    log.info("http_request", **fields, **extra)
+
+    return access_log
