@@ -536,6 +536,8 @@ class Options:
     sizes: Sizes
     py_spy: Path | None
     workdir: Path
+    #: YAML appended to tokenpipe's config (e.g. ``auth:`` keys, ``redis_url``).
+    gateway_yaml: str = ""
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -613,6 +615,7 @@ def run_all(opts: Options) -> dict[str, Any]:
                 config.write_text(
                     "models:\n  - name: relay\n    provider: openai\n"
                     f"    base_url: {upstream.base_url}\n    api_key: none\n"
+                    + opts.gateway_yaml
                 )
                 command = [sys.executable, "-m", "gateway", "--host", "127.0.0.1"]
                 command += ["--port", str(port), "--config", str(config)]
@@ -836,6 +839,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown")
     parser.add_argument(
+        "--gateway-yaml",
+        type=Path,
+        help="YAML file appended to tokenpipe's config: e.g. auth keys (the load sends "
+        "'Authorization: Bearer none', so a key 'none') or redis_url",
+    )
+    parser.add_argument(
         "--py-spy", type=Path, help="record py-spy profiles of the paced and flat64 scenarios here"
     )
     args = parser.parse_args()
@@ -848,7 +857,8 @@ def main() -> None:
     sizes = QUICK if args.quick else Sizes()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tokenpipe-bench-") as tmp:
-        opts = Options(args.targets, args.scenarios, sizes, args.py_spy, Path(tmp))
+        extra = args.gateway_yaml.read_text() if args.gateway_yaml else ""
+        opts = Options(args.targets, args.scenarios, sizes, args.py_spy, Path(tmp), extra)
         results = run_all(opts)
     payload = {
         "schema": "tokenpipe.bench/1",
