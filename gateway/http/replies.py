@@ -3,6 +3,8 @@
 A request is read and parsed by its dialect, admitted, routed, and then either
 streamed (:class:`~gateway.streaming.relay.StreamSession`) or collected
 (:func:`~gateway.streaming.collector.collect`). Nothing here knows a wire format.
+A streamed or background reply gets a reply log (resumable, cancellable: see
+``gateway.http.resume``) and a read token, ``X-Resume-Token``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from gateway.state import STATE
 from gateway.streaming.collector import collect
 from gateway.streaming.record import ReplyRecord
 from gateway.streaming.relay import StreamSession
+from gateway.streaming.replylog import ReplyMeta, new_reply_id, new_token
 
 log = structlog.get_logger("tokenpipe.http")
+
+#: The per-reply read token's header (also accepted as ``?token=``).
+RESUME_TOKEN = "X-Resume-Token"
 
 
 async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -50,23 +56,53 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         request=inbound,
         routes=routes,
         request_id=request_id,
-        reply_id=f"chatcmpl-{request_id}",
+        reply_id=new_reply_id(),
         tokenizer=state.tokenizer,
         dialect=dialect.name,
         operation=dialect.operation,
     )
-    with state.track(record):
-        if inbound.stream:
-            session = StreamSession(
-                request,
-                record,
-                parsed.encoder(record.reply_id, record.created),
-                heartbeat=settings.heartbeat_seconds,
-                send_timeout=settings.send_timeout_seconds,
-                headers={REQUEST_ID: request_id},
-            )
-            return await session.run()
-        return json_response(await collect(record, parsed))
+    if not inbound.stream and not inbound.background:
+        with state.track(record):
+            return json_response(await collect(record, parsed))
+    token = new_token()
+    reply_log = await state.reply_logs.create(
+        ReplyMeta(
+            reply_id=record.reply_id,
+            dialect=dialect.name,
+            body=body,
+            created=record.created,
+            token=token,
+            key=getattr(record, "key", None),
+            background=inbound.background,
+        )
+    )
+    headers = {REQUEST_ID: request_id, RESUME_TOKEN: token}
+    session = StreamSession(
+        request if inbound.stream else None,
+        record,
+        parsed.encoder(record.reply_id, record.created),
+        reply_log=reply_log,
+        heartbeat=settings.heartbeat_seconds,
+        send_timeout=settings.send_timeout_seconds,
+        headers=headers,
+        track=state.track,
+        retry_ms=settings.resume_retry_ms,
+        background=inbound.background,
+        detach_grace=settings.detach_grace_seconds,
+    )
+    if inbound.stream:
+        return await session.run()
+    session.start()
+    return json_response(
+        {
+            "id": record.reply_id,
+            "object": "chat.completion",
+            "created": record.created,
+            "model": inbound.model,
+            "status": "in_progress",
+        },
+        headers=headers,
+    )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

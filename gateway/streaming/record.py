@@ -17,7 +17,13 @@ from typing import Any
 import structlog
 
 from gateway.dialects.base import Completed, InboundRequest
-from gateway.errors import GatewayError, ShuttingDown, UpstreamTimeout, from_provider_error
+from gateway.errors import (
+    GatewayError,
+    ReplyCancelled,
+    ShuttingDown,
+    UpstreamTimeout,
+    from_provider_error,
+)
 from gateway.routing.attempts import Opened, open_stream
 from gateway.routing.registry import Route
 from providers.base import ChatRequest
@@ -223,6 +229,8 @@ def end_reason(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, ShuttingDown):
         return "shutdown"
+    if isinstance(exc, ReplyCancelled):
+        return "cancelled"
     return "upstream_error"
 
 

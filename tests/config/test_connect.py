@@ -58,7 +58,7 @@ async def test_reachable_upstream(tmp_path: Path) -> None:
     assert out.splitlines() == [
         "c.yaml: OK (4 models: a, b, fake, fake-fast)",
         f"connect ok: GET {base}/models: HTTP 401",  # answered: reachable
-        "connect skipped: redis: this build has no redis_url setting",
+        "connect skipped: redis: redis_url is not set",
     ]
     assert seen == ["/v1/models"]  # one GET per distinct base_url
     assert "sk-hidden" not in out
