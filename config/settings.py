@@ -206,11 +206,19 @@ class Settings(BaseSettings):
     """API keys (names, allowed models, rpm / tpm / max_streams / budget_tokens) and the
     admin key; no keys: no authentication (loopback only, unless allowed below)."""
     redis_url: str | None = None
-    """Redis for state shared by workers and replicas (limits, usage); unset: in-process."""
+    """Redis for state shared by workers and replicas (limits, usage, the reply log, so any
+    replica can resume a reply); unset: in-process."""
     allow_unauthenticated: bool = False
     """Serve routes holding upstream credentials on a non-loopback address with no keys."""
     metrics_public: bool = False
     """Serve ``/metrics`` without the admin key when keys are configured."""
+    resume_ttl_seconds: float = Field(300.0, ge=0)
+    """A streamed or background reply stays resumable this long after it ended."""
+    detach_grace_seconds: float = Field(0.0, ge=0)
+    """A (non-background) reply whose client left runs on this long, for a resume;
+    0: its upstream is cancelled at once."""
+    resume_retry_ms: int = Field(1000, ge=0)
+    """The SSE ``retry:`` sent first on every stream: a client's reconnect delay."""
 
     models: list[ModelConfig] = Field(default_factory=list)
     """Routable models (see Routing); ``fake`` and ``fake-fast`` are built in."""

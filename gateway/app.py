@@ -13,7 +13,7 @@ from gateway.admission.gate import Gate
 from gateway.admission.keys import KeyRing
 from gateway.admission.memory_store import MemoryStore
 from gateway.admission.store import StateStore
-from gateway.http import admin, health, models, replies
+from gateway.http import admin, health, models, replies, resume
 from gateway.http.access_log import access_log_middleware
 from gateway.http.expect import expect_within_limit
 from gateway.http.middleware import count_requests, error_middleware
@@ -23,6 +23,8 @@ from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboar
 from gateway.observability.metrics import METRICS, Metrics, multiprocess_dir
 from gateway.routing.registry import FACTORIES, Registry
 from gateway.state import STATE, GatewayState
+from gateway.streaming.replylog import ReplyLogStore
+from gateway.streaming.replylog_memory import MemoryReplyLogStore
 from providers.support.tokenizer import Tokenizer
 
 log = structlog.get_logger("tokenpipe.app")
@@ -42,6 +44,7 @@ async def _lifecycle(
     """Build the tokenizer, providers and admission at start-up; close them at shutdown."""
     tokenizer = await asyncio.to_thread(Tokenizer.load, settings.tokenizer_encoding)
     registry = Registry.from_settings(settings, tokenizer)
+    reply_logs = reply_log_store(settings)
     gate = Gate(KeyRing(settings.auth), _store(settings))
     app[STATE] = GatewayState(
         settings=settings,
@@ -50,15 +53,26 @@ async def _lifecycle(
         gate=gate,
         metrics=metrics,
         live=live,
+        reply_logs=reply_logs,
     )
     log.info("gateway_ready", models=registry.names(), tokenizer=tokenizer.name)
     yield
     await gate.aclose()
+    await reply_logs.aclose()
     for provider in registry.providers():
         try:
             await provider.aclose()
         except Exception:
             log.exception("provider_close_failed", provider=type(provider).__name__)
+
+
+def reply_log_store(settings: Settings) -> ReplyLogStore:
+    """The reply log: in Redis when ``redis_url`` is set (replicas share it), else in memory."""
+    if settings.redis_url:
+        from gateway.streaming.replylog_redis import RedisReplyLogStore
+
+        return RedisReplyLogStore(settings.redis_url, ttl=settings.resume_ttl_seconds)
+    return MemoryReplyLogStore(ttl=settings.resume_ttl_seconds)
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -85,6 +99,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
         ("/v1/messages", replies.messages),
     ):
         app.router.add_post(path, handler, expect_handler=expect_within_limit)
+    for prefix in ("/v1/chat/completions", "/v1/responses"):
+        app.router.add_get(prefix + "/{reply_id}", resume.get_reply)
+        app.router.add_post(prefix + "/{reply_id}/cancel", resume.cancel_reply)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/v1/usage", admin.usage)

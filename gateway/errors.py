@@ -15,6 +15,8 @@
     ├── LimitsUnavailable         503  the limits' store (Redis) is unreachable
     ├── Overloaded                503  ``max_streams`` reached (Retry-After)
     │   └── ShuttingDown          503  draining; in-band when the drain time ran out
+    ├── ReplyCancelled            in-band: ``POST .../{id}/cancel`` stopped the reply
+    ├── ReplyLost                 in-band: the replica producing the reply stopped
     └── UpstreamError             translated from ``providers.errors.ProviderError``
         ├── UpstreamRateLimited   429  Retry-After passed on
         ├── UpstreamTimeout       504
@@ -142,6 +144,18 @@ class Overloaded(GatewayError):
 
 class ShuttingDown(Overloaded):
     code = "server_shutting_down"
+
+
+class ReplyCancelled(GatewayError):
+    status = 499
+    type = "invalid_request_error"
+    code = "cancelled"
+
+
+class ReplyLost(GatewayError):
+    status = 502
+    type = "server_error"
+    code = "reply_lost"
 
 
 class UpstreamError(GatewayError):

@@ -20,6 +20,7 @@ from providers.support.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from gateway.streaming.record import ReplyRecord
+    from gateway.streaming.replylog import ReplyLogStore
 
 
 @dataclass(slots=True)
@@ -32,6 +33,8 @@ class GatewayState:
     gate: Gate
     metrics: Metrics
     live: LiveStats
+    #: The logs of streamed and background replies (resume, cancel).
+    reply_logs: ReplyLogStore
     #: Unix time the gateway started (the ``created`` of its models).
     started_at: int = field(default_factory=lambda: int(time.time()))
     #: Set on SIGTERM/SIGINT: new requests are refused, in-flight ones finish.

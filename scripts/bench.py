@@ -614,8 +614,7 @@ def run_all(opts: Options) -> dict[str, Any]:
                 config = logs / "gateway.yaml"
                 config.write_text(
                     "models:\n  - name: relay\n    provider: openai\n"
-                    f"    base_url: {upstream.base_url}\n    api_key: none\n"
-                    + opts.gateway_yaml
+                    f"    base_url: {upstream.base_url}\n    api_key: none\n" + opts.gateway_yaml
                 )
                 command = [sys.executable, "-m", "gateway", "--host", "127.0.0.1"]
                 command += ["--port", str(port), "--config", str(config)]

@@ -38,6 +38,8 @@ class InboundRequest:
     params: dict[str, Any] = field(default_factory=dict)
     #: tokenpipe's extension: the fake provider's per-request knobs.
     fake: dict[str, Any] | None = None
+    #: Run the reply to its end whether or not a client stays connected.
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,8 @@ class ChatCompletionRequest(_Open):
     tools: list[Tool] | None = None
     #: tokenpipe's extension: the fake provider's per-request knobs.
     fake: dict[str, Any] | None = None
+    #: Run the reply to its end whether or not a client stays connected.
+    background: bool = False
 
     @property
     def token_limit(self) -> int | None:
@@ -120,6 +122,7 @@ class ChatCompletionRequest(_Open):
             seed=self.seed,
             params=self.passthrough_params(),
             fake=self.fake,
+            background=self.background,
         )
 
     def encoder(self, reply_id: str, created: int) -> ChunkEncoder:
@@ -152,6 +155,7 @@ _GATEWAY_FIELDS = {
     "n",
     "seed",
     "fake",
+    "background",
 }
 
 

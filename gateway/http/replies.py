@@ -3,6 +3,8 @@
 A request is read and parsed by its dialect, admitted, routed, and then either
 streamed (:class:`~gateway.streaming.relay.StreamSession`) or collected
 (:func:`~gateway.streaming.collector.collect`). Nothing here knows a wire format.
+A streamed or background reply gets a reply log (resumable, cancellable: see
+``gateway.http.resume``) and a read token, ``X-Resume-Token``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ from gateway.state import STATE
 from gateway.streaming.collector import collect
 from gateway.streaming.record import ReplyRecord
 from gateway.streaming.relay import StreamSession
+from gateway.streaming.replylog import ReplyMeta, new_reply_id, new_token
 
 log = structlog.get_logger("tokenpipe.http")
+
+#: The per-reply read token's header (also accepted as ``?token=``).
+RESUME_TOKEN = "X-Resume-Token"
+
+#: The per-reply read token's header (also accepted as ``?token=``).
+RESUME_TOKEN = "X-Resume-Token"
 
 
 async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -57,7 +66,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         request=inbound,
         routes=routes,
         request_id=request_id,
-        reply_id=f"{dialect.id_prefix}{request_id}",
+        reply_id=new_reply_id(dialect.id_prefix),
         tokenizer=state.tokenizer,
         dialect=dialect.name,
         operation=dialect.operation,
@@ -70,24 +79,56 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     state.live.stream_started()
     record.observers.append(reply_observer(state.metrics, state.live))
     record.on_attempt = state.metrics.observe_attempt
-    with state.track(record):
-        if inbound.stream:
-            session = StreamSession(
-                request,
-                record,
-                parsed.encoder(record.reply_id, record.created),
-                heartbeat=settings.heartbeat_seconds,
-                send_timeout=settings.send_timeout_seconds,
-                headers=headers,
-            )
-            return await session.run()
-        return json_response(await collect(record, parsed), headers=headers)
+    if not inbound.stream and not inbound.background:
+        with state.track(record):
+            return json_response(await collect(record, parsed), headers=headers)
+    # Streamed and background replies go into a reply log: resumable, cancellable.
+    token = new_token()
+    reply_log = await state.reply_logs.create(
+        ReplyMeta(
+            reply_id=record.reply_id,
+            dialect=dialect.name,
+            body=body,
+            created=record.created,
+            token=token,
+            key=record.key,
+            background=inbound.background,
+        )
+    )
+    headers[RESUME_TOKEN] = token
+    session = StreamSession(
+        request if inbound.stream else None,
+        record,
+        parsed.encoder(record.reply_id, record.created),
+        reply_log=reply_log,
+        heartbeat=settings.heartbeat_seconds,
+        send_timeout=settings.send_timeout_seconds,
+        headers=headers,
+        track=state.track,
+        retry_ms=settings.resume_retry_ms,
+        background=inbound.background,
+        detach_grace=settings.detach_grace_seconds,
+    )
+    if inbound.stream:
+        return await session.run()
+    session.start()
+    return json_response(
+        {
+            "id": record.reply_id,
+            "object": "chat.completion",
+            "created": record.created,
+            "model": inbound.model,
+            "status": "in_progress",
+        },
+        headers=headers,
+    )
 
 
 async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:
     """Reserve the prompt plus the reply's maximum; the record settles it when it ends."""
     record.key = identity.name
     structlog.contextvars.bind_contextvars(key=identity.name)
+    await record.count_prompt()
     prompt = record.prompt_tokens()
     wanted = record.request.max_tokens or cap or DEFAULT_RESERVE_TOKENS
     if cap is not None:

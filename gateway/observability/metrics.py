@@ -73,11 +73,11 @@ ATTEMPT_OUTCOMES = frozenset({"ok", "retry", "fallback", "error"})
 ENDPOINTS = frozenset(
     {
         "/v1/chat/completions",
-        "/v1/chat/completions/{id}",
-        "/v1/chat/completions/{id}/cancel",
+        "/v1/chat/completions/{reply_id}",
+        "/v1/chat/completions/{reply_id}/cancel",
         "/v1/responses",
-        "/v1/responses/{id}",
-        "/v1/responses/{id}/cancel",
+        "/v1/responses/{reply_id}",
+        "/v1/responses/{reply_id}/cancel",
         "/v1/messages",
         "/v1/usage",
         "/v1/models",

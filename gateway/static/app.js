@@ -1,6 +1,6 @@
 // The chat page: conversation state, the composer and the streaming loop.
 
-import { ChatError, listModels, streamChat } from "./chat-client.js";
+import { ChatError, cancelReply, listModels, streamChat } from "./chat-client.js";
 import { AssistantMessage, userMessage } from "./messages.js";
 
 const DEFAULT_MODEL = "fake";
@@ -21,6 +21,8 @@ const elements = {
 let history = [];
 /** @type {AbortController | null} */
 let inFlight = null;
+/** @type {import("./chat-client.js").ReplyHandle | null} the reply streaming now */
+let currentReply = null;
 
 function setStreaming(streaming) {
   elements.send.hidden = streaming;
@@ -103,6 +105,9 @@ async function send(content) {
       model: elements.model.value,
       messages: chat.slice(),
       signal: controller.signal,
+      onReply: (handle) => {
+        if (inFlight === controller) currentReply = handle;
+      },
     });
     for await (const event of events) {
       if (event.type === "delta") {
@@ -132,6 +137,7 @@ async function send(content) {
   } finally {
     if (inFlight === controller) {
       inFlight = null;
+      currentReply = null;
       setStreaming(false);
       if (!elements.prompt.matches(":focus") && document.activeElement !== elements.model) {
         elements.prompt.focus();
@@ -149,6 +155,9 @@ function submitPrompt() {
 }
 
 function stop() {
+  // The reply runs in the background on the gateway: stop it there, then here.
+  if (currentReply !== null) cancelReply(currentReply);
+  currentReply = null;
   inFlight?.abort();
 }
 
@@ -198,6 +207,9 @@ elements.prompt.addEventListener("keydown", (event) => {
 elements.prompt.addEventListener("input", autosize);
 elements.stop.addEventListener("click", stop);
 elements.newChat.addEventListener("click", newChat);
+window.addEventListener("pagehide", () => {
+  if (currentReply !== null) cancelReply(currentReply, { beacon: true });
+});
 
 void loadModels();
 elements.prompt.focus();

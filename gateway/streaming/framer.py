@@ -11,7 +11,8 @@ rules live in one module. Intentional choices:
 * ``event`` and ``id`` must be single lines; ``id`` may not contain NUL (the spec
   ignores such ids). Violations raise ``ValueError`` instead of emitting a broken frame.
 * Every frame ends with a blank line, so each call produces exactly one event
-  (or one comment).
+  (or one comment). Hence :data:`END` occurs in framed bytes only where an event
+  ends, which lets :func:`with_ids` number the events of any encoder's output.
 """
 
 from __future__ import annotations
@@ -59,6 +60,32 @@ def data_prefix() -> bytes:
 def named_prefix(event: str) -> bytes:
     """The ``event:`` line and the ``data:`` prefix of a named event's frame."""
     return b"event: " + _single_line("event", event) + b"\n" + data_prefix()
+
+
+def with_ids(frames: bytes, last_seq: int, after: int = 0) -> tuple[bytes, int]:
+    """Number the events in ``frames`` from ``last_seq + 1`` (an ``id:`` line each).
+
+    Returns the numbered bytes, without the events numbered ``after`` or lower (a
+    resuming reader's ``Last-Event-ID``), and the last number given.
+    """
+    count = frames.count(END)
+    if count == 1:  # the per-token hot path
+        seq = last_seq + 1
+        return (b"id: %d\n%b" % (seq, frames) if seq > after else b""), seq
+    out = []
+    seq = last_seq
+    for event in frames.split(END)[:count]:
+        seq += 1
+        if seq > after:
+            out.append(b"id: %d\n%b\n\n" % (seq, event))
+    return b"".join(out), seq
+
+
+def with_retry(frames: bytes, retry_ms: int) -> bytes:
+    """``frames`` with a ``retry:`` field (the reconnection delay) on their first event."""
+    if retry_ms < 0:
+        raise ValueError("SSE retry must be a non-negative integer")
+    return b"retry: %d\n%b" % (retry_ms, frames)
 
 
 def comment(text: str) -> bytes:

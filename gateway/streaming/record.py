@@ -21,6 +21,7 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     QuotaExceeded,
+    ReplyCancelled,
     ShuttingDown,
     UpstreamTimeout,
     from_provider_error,
@@ -292,6 +293,8 @@ def end_reason(exc: BaseException) -> str:
         return "insufficient_quota"
     if isinstance(exc, BadRequest):
         return "rejected"  # the client's request (e.g. a fake knob), not the upstream
+    if isinstance(exc, ReplyCancelled):
+        return "cancelled"
     return "upstream_error"
 
 

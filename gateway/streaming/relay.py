@@ -1,85 +1,146 @@
-"""Relaying one streamed reply: provider events -> dialect encoder -> SSE writer -> socket.
+"""Producing one streamed (or background) reply into its log, and to its first response.
 
-The request's own task starts the upstream (retries and fallbacks included,
-:mod:`gateway.routing.attempts`) and writes every event as it comes, framed by the
-request's dialect encoder (:mod:`gateway.dialects.base`); the relay knows no wire
-format. Beside it runs the :class:`~gateway.streaming.watchdog.Watchdog`.
+The producer is one task per reply. It starts the upstream (retries and
+fallbacks included, :mod:`gateway.routing.attempts`), appends every event to the
+reply's log (:mod:`gateway.streaming.replylog`) and, while the creating response
+(the *primary*) is attached, writes the event's frame to it directly, numbered by
+a :class:`~gateway.streaming.replylog.Sequencer`: one list append and one write
+per token, no queue. Resumed responses read the log (``gateway.http.resume``).
+Beside the producer runs the :class:`~gateway.streaming.watchdog.Watchdog`.
 
-Ending early is cancellation, from one of three places: aiohttp cancels the task
-when the client disconnects; the watchdog cancels it on an idle timeout or a send
-timeout of a ping; the drain (``GatewayState.cut_inflight``) cancels it when the
-server's drain time ran out. Cancellation closes the provider's iterator, and so
-the upstream request. For the last two the task knows why (``_cut``), stops the
-cancellation and reports it.
+The primary leaving (aiohttp cancels its handler, or a write fails) ends the reply
+at once, as a cancellation of the producer, unless the reply is a background one
+(it runs to its end) or ``detach_grace`` is set (it ends that much later unless a
+resumed reader is attached then). Other ends by cancellation: the watchdog on an
+idle timeout or a ping's send timeout; ``POST .../cancel`` (``ReplyCancelled``);
+the drain (``GatewayState.cut_inflight``) when its time ran out. The producer
+knows why (``_cut``), stops the cancellation and reports it.
 
-Errors take one of two channels. Before the response headers went out, they
-propagate as :class:`GatewayError` (a JSON body with a status). After, exactly
-one in-band error event (the encoder's) ends the stream, with no terminal frame,
-so a cut reply never looks complete. Note the trade-off of keep-alives: once a
-ping has gone out before the first token, a later failure to start can only be
-reported in-band.
+Errors take one of two channels. Before the primary's headers went out, the
+handler raises the :class:`GatewayError` (a JSON body with a status). After,
+exactly one in-band error event (the encoder's) ends the stream, with no terminal
+frame, so a cut reply never looks complete. The log records the same error, so
+every reader ends alike. Note the trade-off of keep-alives: once a ping has gone
+out before the first token, a later failure to start can only be reported in-band.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import structlog
 from aiohttp import web
 
 from gateway.dialects.base import Encoder
-from gateway.errors import GatewayError, from_provider_error
+from gateway.errors import GatewayError, ReplyCancelled, from_provider_error
 from gateway.routing.attempts import Opened, close_events
 from gateway.streaming.record import ReplyRecord, end_reason, shutdown_error
+from gateway.streaming.replylog import Ended, ReplyLog, Sequencer
 from gateway.streaming.watchdog import Watchdog
 from gateway.streaming.writer import ClientGone, EventStream, SendTimeout
 from providers.errors import ProviderError
-from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta
+from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 
 log = structlog.get_logger("tokenpipe.relay")
 
+#: ``GatewayState.track``: counts the reply as in flight while inside.
+Track = Callable[[ReplyRecord], AbstractContextManager[None]]
+
 
 class StreamSession:
-    """One streaming reply; see the module docstring."""
+    """One reply's producer; see the module docstring."""
 
     def __init__(
         self,
-        http_request: web.Request,
+        http_request: web.Request | None,
         record: ReplyRecord,
         encoder: Encoder,
         *,
+        reply_log: ReplyLog,
         heartbeat: float,
         send_timeout: float,
         headers: dict[str, str],
+        track: Track,
+        retry_ms: int = 1000,
+        background: bool = False,
+        detach_grace: float = 0.0,
     ) -> None:
         self.record = record
         self.encoder = encoder
-        self.stream = EventStream(http_request, headers=headers, send_timeout=send_timeout)
+        self.reply_log = reply_log
+        self.sequencer = Sequencer(encoder, retry_ms=retry_ms)
+        #: The creating response, while attached.
+        self.primary: EventStream | None = None
+        if http_request is not None:
+            self.primary = EventStream(http_request, headers=headers, send_timeout=send_timeout)
         self._http_request = http_request
-        self.watchdog = Watchdog(self.stream, heartbeat=heartbeat, cut=self._cancel_with)
+        self._track = track
+        self._background = background
+        self._grace = detach_grace
+        self.watchdog = Watchdog(self.primary, heartbeat=heartbeat, cut=self._on_cut)
         #: Why this session cancelled its own task, when it did.
         self._cut: Exception | None = None
-        self._task: asyncio.Task[object] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        #: Resolved when the primary is done with: None, or the error to answer as JSON.
+        self._primary_done: asyncio.Future[GatewayError | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        record.observers.append(self._log_end)
+        reply_log.on_cancel = self.cancel
+
+    @property
+    def keeps_running(self) -> bool:
+        """Whether the reply outlives its primary response."""
+        return self._background or self._grace > 0
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the producer task."""
+        self._task = asyncio.create_task(self._produce())
+        return self._task
 
     async def run(self) -> web.StreamResponse:
-        """Relay the reply; raises :class:`GatewayError` only before headers went out."""
+        """Produce, serving the primary; raises :class:`GatewayError` only before headers."""
+        assert self.primary is not None
+        response = self.primary.response
+        self.start()
+        try:
+            outcome = await asyncio.shield(self._primary_done)
+        except asyncio.CancelledError:  # the client left (or the loop is closing)
+            self._primary_left(ClientGone())
+            raise
+        if outcome is not None:
+            raise outcome
+        return response
+
+    def cancel(self) -> None:
+        """Stop the reply (``POST .../cancel``): readers get one ``cancelled`` error."""
+        self._cancel_with(ReplyCancelled("The reply was cancelled."))
+
+    # The producer task.
+
+    async def _produce(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._task = task
-        self.watchdog.arm()
-        try:
-            outcome = await self._outcome(task)
-            self.watchdog.disarm()
-            await self._finish(outcome)
-        except asyncio.CancelledError:  # the client left, or the loop is closing
-            self.record.end(self._cancel_reason())
-            raise
-        finally:
-            self.watchdog.stop()
-        return self.stream.response
+        with self._track(self.record):
+            self.watchdog.arm()
+            try:
+                outcome = await self._outcome(task)
+                self.watchdog.disarm()
+                await self._finish(outcome)
+            except asyncio.CancelledError:  # the loop is closing
+                self.record.end(self._cancel_reason())
+                raise
+            finally:
+                self.watchdog.stop()
+                if self._grace_timer is not None:
+                    self._grace_timer.cancel()
+                self._release_primary(None)
 
-    async def _outcome(self, task: asyncio.Task[object]) -> Exception | None:
+    async def _outcome(self, task: asyncio.Task[None]) -> Exception | None:
         """Run the pump; how it ended: None for a complete reply, else the exception."""
         try:
             await self._pump()
@@ -100,40 +161,98 @@ class StreamSession:
             record.end_ok()
         elif isinstance(outcome, GatewayError):
             record.end(end_reason(outcome), outcome)
-            if not self.stream.opened:
-                raise outcome
             await self._send_error(outcome)
         elif isinstance(outcome, ClientGone):
             record.end("client_gone")
         elif isinstance(outcome, SendTimeout):
             record.end("send_timeout")
-            transport = self._http_request.transport
-            if transport is not None:
-                transport.abort()
+            self._abort_primary()
         else:
             log.error("stream_failed", exc_info=outcome)
-            record.end("internal_error")
-            if not self.stream.opened:
-                raise outcome
-            await self._send_error(GatewayError("The gateway failed while streaming."))
+            error = GatewayError("The gateway failed while streaming.")
+            record.end("internal_error", error)
+            await self._send_error(error)
+
+    def _on_cut(self, reason: Exception) -> None:
+        """The watchdog's verdict: an idle upstream ends the reply, a slow primary may not."""
+        if isinstance(reason, SendTimeout) and self.keeps_running:
+            self._abort_primary()
+            self._primary_left(reason)
+            return
+        self._cancel_with(reason)
 
     def _cancel_with(self, reason: Exception) -> None:
-        if self._cut is None and self._task is not None:
+        if self._cut is None and self._task is not None and not self._task.done():
             self._cut = reason
             self._task.cancel()
 
     def _cancel_reason(self) -> str:
-        transport = self._http_request.transport
+        transport = self._http_request.transport if self._http_request else None
         if transport is None or transport.is_closing():
             return "client_gone"
         return "shutdown"
 
+    # The primary response.
+
+    def _primary_left(self, reason: Exception) -> None:
+        """The primary is gone: end the reply, or let it run (background, grace)."""
+        if self.primary is None:
+            return
+        if not self.keeps_running:
+            self._cancel_with(reason)
+            return
+        self._release_primary(None)
+        if not self._background:
+            self._grace_timer = asyncio.get_running_loop().call_later(self._grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        if self.reply_log.attached():
+            loop = asyncio.get_running_loop()
+            self._grace_timer = loop.call_later(self._grace, self._grace_over)
+            return
+        self._cancel_with(ClientGone())
+
+    def _lost(self, exc: ClientGone | SendTimeout) -> None:
+        """A write to the primary failed: raises unless the reply outlives it."""
+        if not self.keeps_running:
+            raise exc
+        if isinstance(exc, SendTimeout):
+            self._abort_primary()
+        self._primary_left(exc)
+
+    def _release_primary(self, outcome: GatewayError | None) -> None:
+        self.primary = None
+        self.watchdog.detach()
+        if not self._primary_done.done():
+            self._primary_done.set_result(outcome)
+
+    def _abort_primary(self) -> None:
+        transport = self._http_request.transport if self._http_request else None
+        if transport is not None:
+            transport.abort()
+
     async def _send_error(self, exc: GatewayError) -> None:
+        primary = self.primary
+        if primary is None:
+            return
+        if not primary.opened:
+            self._release_primary(exc)  # answered as JSON by the handler
+            return
         try:
-            await self.stream.send(self.encoder.error(exc))
+            await primary.send(self.sequencer.number(self.encoder.error(exc)))
         except (ClientGone, SendTimeout):
             return
-        await self.stream.close()
+        await primary.close()
+
+    def _log_end(self, record: ReplyRecord) -> None:
+        """The record's observer: the log's last entry."""
+        if record.reason in ("stop", "length"):
+            self.reply_log.append(Ended(usage=record.usage_counts()))
+            return
+        error = record.error or GatewayError(
+            f"The reply ended early ({record.reason}).", code=record.reason
+        )
+        self.reply_log.append(Ended(error=error.body()["error"]))
 
     # The pump: everything per token happens here.
 
@@ -148,17 +267,22 @@ class StreamSession:
 
     async def _relay(self, opened: Opened) -> None:
         record = self.record
-        stream = self.stream
-        send = stream.send
         encoder = self.encoder
         watchdog = self.watchdog
+        number = self.sequencer.number
+        append = self.reply_log.append
         loop = asyncio.get_running_loop()
         # The idle timer starts with the first event.
         watchdog.last_event = loop.time()
         watchdog.idle = opened.route.config.timeouts.idle
         watchdog.arm()
-        await stream.open()
-        await send(encoder.start())
+        primary = self.primary
+        if primary is not None:
+            try:
+                await primary.open()
+                await primary.send(self.sequencer.start())
+            except (ClientGone, SendTimeout) as exc:
+                self._lost(exc)
 
         event = opened.first
         events = opened.events
@@ -167,19 +291,31 @@ class StreamSession:
         apply = record.apply
         meter = record.meter
         while True:
+            primary = self.primary
             if type(event) is TextDelta:
                 text = event.text
-                await send(text_frame(text))
+                append(event)
                 if not texts:
                     record.first_token_at = time.perf_counter()
                 texts.append(text)
+                if primary is not None:
+                    try:
+                        await primary.send(number(text_frame(text)))
+                    except (ClientGone, SendTimeout) as exc:
+                        self._lost(exc)
                 if meter is not None and len(texts) >= meter.next_debit:
                     await meter.debit(len(texts))
+            elif type(event) is Usage:
+                apply(event)
             else:
                 apply(event)
+                append(event)  # type: ignore[arg-type]  # not Usage: handled above
                 frame = _frame_of(encoder, event)
-                if frame:
-                    await send(frame)
+                if frame and primary is not None:
+                    try:
+                        await primary.send(number(frame))
+                    except (ClientGone, SendTimeout) as exc:
+                        self._lost(exc)
             try:
                 event = await anext(events)
             except StopAsyncIteration:
@@ -187,8 +323,14 @@ class StreamSession:
             watchdog.last_event = loop.time()
         record.check_complete()
         await record.count_prompt()  # a large prompt is counted off the loop
-        await send(encoder.end(record.usage_counts))
-        await stream.close()
+        primary = self.primary
+        if primary is not None:
+            try:
+                await primary.send(number(encoder.end(record.usage_counts)))
+            except (ClientGone, SendTimeout) as exc:
+                self._lost(exc)
+                return
+            await primary.close()
 
 
 def _frame_of(encoder: Encoder, event: StreamEvent) -> bytes:

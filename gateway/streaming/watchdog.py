@@ -4,6 +4,8 @@ It is never touched per token. When it fires it sends a ping if nothing was
 written for ``heartbeat`` seconds and enforces the idle timeout between provider
 events, then sets itself again for the next deadline. The relay tells it when the
 last event came (:attr:`Watchdog.last_event`) by assignment, which costs nothing.
+A reply that outlives its response (a background reply) keeps only the idle
+timeout: :meth:`Watchdog.detach` drops the stream and its pings.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class Watchdog:
     __slots__ = ("_cut", "_handle", "_heartbeat", "_loop", "_ping", "_stream", "idle", "last_event")
 
     def __init__(
-        self, stream: EventStream, *, heartbeat: float, cut: Callable[[Exception], None]
+        self, stream: EventStream | None, *, heartbeat: float, cut: Callable[[Exception], None]
     ) -> None:
         self._stream = stream
         self._heartbeat = heartbeat
@@ -37,7 +39,7 @@ class Watchdog:
     def arm(self) -> None:
         """Set the timer for the next deadline."""
         stream = self._stream
-        last_write = stream.last_write if stream.opened else self.last_event
+        last_write = stream.last_write if stream is not None and stream.opened else self.last_event
         due = last_write + self._heartbeat
         if self.idle is not None:
             due = min(due, self.last_event + self.idle)
@@ -48,6 +50,12 @@ class Watchdog:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def detach(self) -> None:
+        """No more pings: the stream is gone, the reply goes on."""
+        self._stream = None
+        if self._ping is not None:
+            self._ping.cancel()
 
     def stop(self) -> None:
         """Disarm and cancel a ping in flight."""
@@ -62,6 +70,9 @@ class Watchdog:
             self._cut(UpstreamTimeout(f"upstream sent nothing for {self.idle:g} s (idle timeout)"))
             return
         stream = self._stream
+        if stream is None:
+            self.arm()
+            return
         last_write = stream.last_write if stream.opened else self.last_event
         if now - last_write >= self._heartbeat and (self._ping is None or self._ping.done()):
             self._ping = asyncio.ensure_future(self._send_ping())
@@ -71,6 +82,8 @@ class Watchdog:
         self.arm()
 
     async def _send_ping(self) -> None:
+        if self._stream is None:
+            return
         try:
             await self._stream.ping()
         except SendTimeout as exc:

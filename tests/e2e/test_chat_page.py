@@ -279,7 +279,7 @@ async def test_stop_keeps_the_partial_reply_and_cancels_generation(chat: ChatPag
             if finished():
                 break
             await asyncio.sleep(0.1)
-    assert [entry["reason"] for entry in finished()] == ["client_gone"]
+    assert [entry["reason"] for entry in finished()] == ["cancelled"]
     chat.assert_no_console_errors()
 
 

@@ -94,7 +94,7 @@ async def test_stop_in_firefox_cancels_generation(browser: Firefox, gateway_url:
             if reasons:
                 break
             await asyncio.sleep(0.05)
-    assert reasons == ["client_gone"]
+    assert reasons == ["cancelled"]
     assert browser.console_errors == []
 
 

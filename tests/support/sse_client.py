@@ -17,6 +17,10 @@ class Captured:
     #: ``data`` payloads in order (comments excluded), as text.
     data: list[str] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
+    #: The ``id`` of each data event, in order (None when it had none).
+    ids: list[int | None] = field(default_factory=list)
+    #: The ``retry`` fields seen, in order.
+    retries: list[int] = field(default_factory=list)
 
     @property
     def chunks(self) -> list[dict[str, Any]]:
@@ -32,18 +36,36 @@ class Captured:
 
 def parse_events(raw: bytes) -> tuple[list[str], list[str]]:
     """Split an SSE body into data payloads and comments; every event must end in a blank line."""
+    data, comments, _, _ = parse_stream(raw)
+    return data, comments
+
+
+def parse_stream(raw: bytes) -> tuple[list[str], list[str], list[int | None], list[int]]:
+    """Data payloads, comments, each data event's ``id`` and the ``retry`` fields."""
     assert raw.endswith(b"\n\n") or not raw, f"stream does not end with a blank line: {raw[-80:]!r}"
     data: list[str] = []
     comments: list[str] = []
+    ids: list[int | None] = []
+    retries: list[int] = []
     for block in raw.decode("utf-8").split("\n\n")[:-1]:
         lines = block.split("\n")
         if all(line.startswith(":") for line in lines):
             comments.extend(line[1:].strip() for line in lines)
             continue
-        payload = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
-        assert len(payload) == len(lines), f"unexpected field in {block!r}"
+        event_id: int | None = None
+        payload: list[str] = []
+        for line in lines:
+            if line.startswith("data: "):
+                payload.append(line[len("data: ") :])
+            elif line.startswith("id: "):
+                event_id = int(line[len("id: ") :])
+            elif line.startswith("retry: "):
+                retries.append(int(line[len("retry: ") :]))
+            else:
+                raise AssertionError(f"unexpected field in {block!r}")
         data.append("\n".join(payload))
-    return data, comments
+        ids.append(event_id)
+    return data, comments, ids, retries
 
 
 async def stream_request(
@@ -57,7 +79,7 @@ async def stream_request(
         raw = await resp.read()
         captured = Captured(resp.status, dict(resp.headers), raw)
         if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
-            captured.data, captured.comments = parse_events(raw)
+            captured.data, captured.comments, captured.ids, captured.retries = parse_stream(raw)
         return captured
 
 

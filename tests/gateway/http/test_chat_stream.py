@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import orjson
@@ -29,23 +30,29 @@ async def test_short_stream_exact_bytes(gateway_url: str) -> None:
     assert got.status == 200
     created = orjson.loads(got.data[0])["created"]
     assert abs(created - time.time()) < 60
+    reply_id = orjson.loads(got.data[0])["id"]
+    assert re.fullmatch(r"chatcmpl-[A-Za-z0-9_-]{22}", reply_id)
     head = (
-        '{"id":"chatcmpl-req-1","object":"chat.completion.chunk",'
+        f'{{"id":"{reply_id}","object":"chat.completion.chunk",'
         f'"created":{created},"model":"fake-fast","system_fingerprint":null,"choices":'
     )
     tail = ',"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
     tokens = expected_tokens("Say hi", 7, 3)
     assert tokens == ["Here", " is", " how"]
     expected = (
+        "retry: 1000\nid: 1\n"
         f'data: {head}[{{"index":0,"delta":{{"role":"assistant","content":""}}{tail}'
         + "".join(
-            f'data: {head}[{{"index":0,"delta":{{"content":"{token}"}}{tail}' for token in tokens
+            f'id: {i}\ndata: {head}[{{"index":0,"delta":{{"content":"{token}"}}{tail}'
+            for i, token in enumerate(tokens, start=2)
         )
-        + f'data: {head}[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"length"}}],'
+        + "id: 5\n"
+        f'data: {head}[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"length"}}],'
         '"usage":null}\n\n'
+        "id: 6\n"
         f'data: {head}[],"usage":{{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}}}'
         "\n\n"
-        "data: [DONE]\n\n"
+        "id: 7\ndata: [DONE]\n\n"
     )
     assert got.raw.decode() == expected
 
@@ -65,7 +72,9 @@ async def test_request_id_generated_when_absent(gateway_url: str) -> None:
     second = await stream_request(gateway_url, chat(max_tokens=1))
     assert len(first.headers["X-Request-ID"]) >= 16
     assert first.headers["X-Request-ID"] != second.headers["X-Request-ID"]
-    assert first.chunks[0]["id"] == f"chatcmpl-{first.headers['X-Request-ID']}"
+    # The reply id is not the request id: it is unguessable (a resume needs it).
+    assert first.chunks[0]["id"] != f"chatcmpl-{first.headers['X-Request-ID']}"
+    assert first.chunks[0]["id"] != second.chunks[0]["id"]
 
 
 async def test_never_compressed_even_when_asked(gateway_url: str) -> None:
