@@ -13,6 +13,7 @@
     ├── RateLimited               429  a key's rpm / tpm / max_streams (Retry-After)
     │   └── QuotaExceeded         429  a key's budget spent; in-band when mid-stream
     ├── LimitsUnavailable         503  the limits' store (Redis) is unreachable
+    ├── ReplyLogUnavailable       503  the reply log (Redis) is unreachable for a resume
     ├── Overloaded                503  ``max_streams`` reached (Retry-After)
     │   └── ShuttingDown          503  draining; in-band when the drain time ran out
     ├── ReplyCancelled            in-band: ``POST .../{id}/cancel`` stopped the reply
@@ -109,6 +110,12 @@ class LimitsUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "limits_unavailable"
+
+
+class ReplyLogUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "reply_log_unavailable"
 
 
 class NotFound(GatewayError):

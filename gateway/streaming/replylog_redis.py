@@ -34,8 +34,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.errors import ReplyLost
+from gateway.errors import ReplyLogUnavailable, ReplyLost
 from gateway.streaming.replylog import Ended, LogEntry, ReplyMeta
+from gateway.streaming.replylog_memory import MemoryReplyLog, MemoryReplyLogStore
 from providers.events import Finish, TextDelta, ToolCallDelta
 
 log = structlog.get_logger("tokenpipe.replylog")
@@ -240,9 +241,19 @@ class RedisReplyLogStore:
         #: Resumed readers on this replica, by reply id.
         self.readers: dict[str, int] = {}
         self._listener: asyncio.Task[None] | None = None
+        #: Where a reply is logged when Redis is unreachable at its start: it streams
+        #: all the same, resumable on this replica only.
+        self.local = MemoryReplyLogStore(ttl=ttl)
 
-    async def create(self, meta: ReplyMeta) -> RedisReplyLog:
+    async def create(self, meta: ReplyMeta) -> RedisReplyLog | MemoryReplyLog:
         """See ``ReplyLogStore.create``."""
+        try:
+            return await self._create_in_redis(meta)
+        except RedisError as exc:
+            log.warning("reply_log_local", error=f"{type(exc).__name__}: {exc}")
+            return await self.local.create(meta)
+
+    async def _create_in_redis(self, meta: ReplyMeta) -> RedisReplyLog:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
         keys = _Keys(self._prefix, meta.reply_id)
@@ -265,10 +276,19 @@ class RedisReplyLogStore:
         self.live[meta.reply_id] = reply_log
         return reply_log
 
-    async def find(self, reply_id: str) -> RedisReplyView | None:
-        """See ``ReplyLogStore.find``."""
+    async def find(self, reply_id: str) -> RedisReplyView | MemoryReplyLog | None:
+        """See ``ReplyLogStore.find``; a reply logged locally (Redis was down) first."""
+        local = await self.local.find(reply_id)
+        if local is not None:
+            return local
         keys = _Keys(self._prefix, reply_id)
-        raw: dict[bytes, bytes] = await self.redis.hgetall(keys.meta)  # type: ignore[misc]
+        try:
+            raw: dict[bytes, bytes] = await self.redis.hgetall(keys.meta)  # type: ignore[misc]
+        except RedisError as exc:
+            raise ReplyLogUnavailable(
+                "The reply log cannot be read right now; retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from exc
         if not raw:
             return None
         meta = ReplyMeta(
@@ -286,7 +306,16 @@ class RedisReplyLogStore:
         """See ``ReplyLogStore.cancel``: here at once, elsewhere through the channel."""
         if self._cancel_local(reply_id):
             return
-        await self.redis.publish(self._channel, reply_id)
+        if await self.local.find(reply_id) is not None:
+            await self.local.cancel(reply_id)
+            return
+        try:
+            await self.redis.publish(self._channel, reply_id)
+        except RedisError as exc:
+            raise ReplyLogUnavailable(
+                "The cancel cannot reach the reply's replica right now; retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from exc
 
     def _cancel_local(self, reply_id: str) -> bool:
         reply_log = self.live.get(reply_id)
@@ -313,4 +342,5 @@ class RedisReplyLogStore:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        await self.local.aclose()
         await self.redis.aclose()
