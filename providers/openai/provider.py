@@ -77,21 +77,12 @@ class OpenAIProvider:
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self._secret = upstream.api_key.get_secret_value() if upstream.api_key else None
+        # Builds the request template and the typed errors; it never sends.
         self._client = openai.AsyncOpenAI(
             base_url=upstream.base_url,
             # Local servers (vLLM, Ollama) need no key, but the SDK insists on one.
             api_key=self._secret or "none",
             max_retries=0,
-            http_client=openai.DefaultAioHttpClient(
-                timeout=httpx2.Timeout(
-                    connect=upstream.connect_timeout, read=None, write=30.0, pool=30.0
-                ),
-                # The SDK's default pool (1,000 connections) would queue the 1,001st
-                # concurrent stream to one upstream; a gateway holds many more open.
-                limits=httpx2.Limits(
-                    max_connections=_MAX_CONNECTIONS, max_keepalive_connections=100
-                ),
-            ),
             default_headers=dict(upstream.headers) or None,
         )
         self._connect_timeout = upstream.connect_timeout
