@@ -2,7 +2,8 @@
 
 The parent starts that many server processes bound to the same port with
 ``SO_REUSEPORT`` (the kernel spreads connections across them), passes SIGTERM and
-SIGINT on to all of them, and exits when they have all drained.
+SIGINT on to all of them, and exits when they have all drained. SIGHUP is passed on
+too: every worker reloads its configuration.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import multiprocessing
 import os
 import signal
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
@@ -28,12 +31,12 @@ from gateway.server.run import new_loop, run_server
 log = structlog.get_logger("tokenpipe.server")
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, overrides: Mapping[str, Any]) -> None:
     configure_logging(settings.log_level, settings.log_format)
     # The parent forwards SIGINT as SIGTERM; a terminal's Ctrl-C reaches every
     # process of the group, and one drain per worker is what we want either way.
     with asyncio.Runner(loop_factory=new_loop) as runner:
-        runner.run(run_server(settings, reuse_port=True))
+        runner.run(run_server(settings, reuse_port=True, overrides=overrides))
 
 
 def _free_port(host: str) -> int:
@@ -44,27 +47,45 @@ def _free_port(host: str) -> int:
         return port
 
 
-def supervise_workers(settings: Settings) -> int:
-    """Run ``settings.workers`` servers until they have all stopped; the exit status."""
+def supervise_workers(settings: Settings, overrides: Mapping[str, Any] | None = None) -> int:
+    """Run ``settings.workers`` servers until they have all stopped; the exit status.
+
+    ``overrides``: the flags ``settings`` came from, which each worker's reloads apply.
+    """
+    overrides = dict(overrides or {})
     if settings.port == 0:
         settings = settings.model_copy(update={"port": _free_port(settings.host)})
+        # Every worker binds, and keeps across reloads, the one port picked here.
+        overrides["port"] = settings.port
     # Every worker's metrics in one directory, merged by any worker's /metrics.
     metrics_dir = prepare_multiprocess_dir()
     try:
-        return _run_workers(settings)
+        return _run_workers(settings, overrides)
     finally:
         cleanup_multiprocess_dir(metrics_dir)
 
 
-def _run_workers(settings: Settings) -> int:
+def _run_workers(settings: Settings, overrides: Mapping[str, Any]) -> int:
     ctx = multiprocessing.get_context("spawn")
     workers = [
-        ctx.Process(target=_worker, args=(settings,), name=f"tokenpipe-worker-{i}")
+        ctx.Process(target=_worker, args=(settings, overrides), name=f"tokenpipe-worker-{i}")
         for i in range(settings.workers)
     ]
+    # Ignored until each worker's loop handles it: the disposition survives the spawn's
+    # exec, so a SIGHUP forwarded to a worker still starting cannot end it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for worker in workers:
         worker.start()
     log.info("workers_started", workers=len(workers), port=settings.port)
+
+    def reload_all(signum: int, frame: object) -> None:
+        log.info("reload_requested", workers=len(workers))
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload_all)
 
     stopping = False
 
