@@ -17,7 +17,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -96,11 +96,16 @@ async def drain(app: web.Application, seconds: float) -> None:
 
 
 async def run_server(
-    settings: Settings, *, reuse_port: bool = False, overrides: Mapping[str, Any] | None = None
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    on_reloadable: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain and return; reload on SIGHUP.
 
     ``overrides``: the flags ``settings`` came from, applied again by a reload.
+    ``on_reloadable`` is called once SIGHUP is handled (a worker tells its supervisor).
     """
     app = create_app(settings, overrides=overrides)
     runner = GuardedAppRunner(
@@ -121,6 +126,8 @@ async def run_server(
     if hasattr(signal, "SIGHUP"):  # not on Windows
         # Before the socket opens: SIGHUP's default action would end the process.
         loop.add_signal_handler(signal.SIGHUP, app[RELOADER].on_signal)
+        if on_reloadable is not None:
+            on_reloadable()
     try:
         site = web.TCPSite(
             runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024
