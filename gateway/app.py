@@ -19,7 +19,8 @@ from gateway.http.expect import expect_within_limit
 from gateway.http.middleware import count_requests, error_middleware
 from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
-from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
+from gateway.observability.dashboard import Dashboard, setup_dashboard
+from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import METRICS, Metrics, multiprocess_dir
 from gateway.routing.registry import FACTORIES, Registry
 from gateway.state import STATE, GatewayState

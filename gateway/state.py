@@ -13,7 +13,7 @@ from aiohttp import web
 
 from config import Settings
 from gateway.admission.gate import Gate
-from gateway.observability.dashboard import LiveStats
+from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import Metrics
 from gateway.routing.registry import Registry
 from providers.support.tokenizer import Tokenizer

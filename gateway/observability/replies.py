@@ -17,7 +17,7 @@ from gateway.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
-from gateway.observability.dashboard import LiveStats
+from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import Metrics
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from aiohttp import web
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
 
 from gateway.http.static import setup_ui
-from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
+from gateway.observability.dashboard import Dashboard, setup_dashboard
+from gateway.observability.live_stats import LiveStats
 from tests.gateway.observability.support import Facts
 
 pytestmark = pytest.mark.browser
