@@ -79,8 +79,10 @@ def reply_log_store(settings: Settings) -> ReplyLogStore:
 def create_app(settings: Settings | None = None) -> web.Application:
     """A ready-to-run application; nothing happens until it starts."""
     settings = settings or Settings()
+    # Without metrics the counting middleware is not installed at all: no cost per request.
+    counting = [count_requests] if settings.metrics else []
     app = web.Application(
-        middlewares=[count_requests, error_middleware, admin.admin_guard],
+        middlewares=[*counting, error_middleware, admin.admin_guard],
         # Enforced by ``gateway.http.body.read_body`` too, with a clearer message.
         client_max_size=settings.max_body_bytes,
     )
