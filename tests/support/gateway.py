@@ -22,8 +22,11 @@ MakeGateway = Callable[..., Awaitable[str]]
 class GatewayProcess:
     """``python -m gateway`` as a child process, as a user runs it."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        # A given port restarts a gateway where a page or client expects it.
+        self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "TOKENPIPE_LOG_FORMAT": "json", **(env or {})}
         # Logs go to a file, not a pipe: an unread pipe fills up and blocks the gateway.
