@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     """Serve routes holding upstream credentials on a non-loopback address with no keys."""
     metrics_public: bool = False
     """Serve ``/metrics`` without the admin key when keys are configured."""
+    metrics: bool = True
+    """Record metrics and the dashboard's numbers. It exists to measure what they cost:
+    false skips every per-request observation, and ``/metrics`` and the dashboard stay at zero."""
     resume_ttl_seconds: float = Field(300.0, ge=0)
     """A streamed or background reply stays resumable this long after it ended."""
     detach_grace_seconds: float = Field(0.0, ge=0)

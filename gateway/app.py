@@ -20,7 +20,8 @@ from gateway.http.expect import expect_within_limit
 from gateway.http.middleware import count_requests, error_middleware
 from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
-from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
+from gateway.observability.dashboard import Dashboard, setup_dashboard
+from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import METRICS, Metrics, multiprocess_dir
 from gateway.reload import RELOADER, Reloader
 from gateway.routing.registry import FACTORIES, Registry
@@ -90,8 +91,10 @@ def create_app(
     settings = settings or Settings()
     if overrides is None:
         overrides = {"config": settings.config} if settings.config else {}
+    # Without metrics the counting middleware is not installed at all: no cost per request.
+    counting = [count_requests] if settings.metrics else []
     app = web.Application(
-        middlewares=[count_requests, error_middleware, admin.admin_guard],
+        middlewares=[*counting, error_middleware, admin.admin_guard],
         # Enforced by ``gateway.http.body.read_body`` too, with a clearer message.
         client_max_size=settings.max_body_bytes,
     )

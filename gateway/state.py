@@ -14,7 +14,7 @@ from aiohttp import web
 from config import Settings
 from gateway.admission.gate import Gate
 from gateway.admission.keys import KeyRing
-from gateway.observability.dashboard import LiveStats
+from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import Metrics
 from gateway.routing.registry import Registry, Route
 from gateway.routing.retired import Retired

@@ -84,10 +84,11 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
     if identity is not None:
         ticket = await _admit(state.gate, identity, record, routes[0].config.max_tokens_cap)
         headers.update(ticket.headers)
-    state.metrics.stream_started()
-    state.live.stream_started()
-    record.observers.append(reply_observer(state.metrics, state.live))
-    record.on_attempt = state.metrics.observe_attempt
+    if settings.metrics:
+        state.metrics.stream_started()
+        state.live.stream_started()
+        record.observers.append(reply_observer(state.metrics, state.live))
+        record.on_attempt = state.metrics.observe_attempt
     if not inbound.stream and not inbound.background:
         with state.track(record):
             return json_response(await collect(record, parsed), headers=headers)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.errors import UpstreamRateLimited
-from gateway.observability.dashboard import LiveStats
+from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import Metrics
 
 if TYPE_CHECKING:

@@ -23,10 +23,15 @@ class GatewayProcess:
     """``python -m gateway`` as a child process, as a user runs it."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, port_in_config: int | None = None
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        port_in_config: int | None = None,
     ) -> None:
-        # ``port_in_config``: the port the config file sets; no ``--port`` flag then.
-        self.port = port_in_config or free_port()
+        # ``port``: restart a gateway where a page or client expects it;
+        # ``port_in_config``: the port the config file sets (no ``--port`` flag then).
+        self.port = port_in_config or (port if port is not None else free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         port_flag = [] if port_in_config else ["--port", str(self.port)]
         full_env = {**os.environ, "TOKENPIPE_LOG_FORMAT": "json", **(env or {})}

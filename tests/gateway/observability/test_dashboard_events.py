@@ -12,7 +12,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.pytest_plugin import AiohttpClient
 
 from gateway.http.static import CONTENT_SECURITY_POLICY
-from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
+from gateway.observability.dashboard import Dashboard, setup_dashboard
+from gateway.observability.live_stats import LiveStats
 from tests.gateway.observability.support import Facts
 
 STATS = re.compile(rb"event: stats\nid: (\d+)\nretry: 2000\ndata: (\{[^\n]*\})\n\n")

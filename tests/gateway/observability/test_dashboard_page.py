@@ -9,43 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from gateway.http.static import setup_ui
-from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
+from gateway.observability.dashboard import Dashboard, setup_dashboard
+from gateway.observability.live_stats import LiveStats
 from tests.gateway.observability.support import Facts
+from tests.support.dashboard_page import (
+    UI_TIMEOUT_MS,
+    chromium,
+    expect_status,
+    open_dashboard,
+)
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.browser
 
-# Launched exactly as tests/test_chat_page.py launches Debian's Chromium.
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-UI_TIMEOUT_MS = 15_000
 ADMIN_KEY = "admin-secret-123"
-NUMBERS = ("in-flight", "tokens-1s", "tokens-60s", "requests-60s", "ttft-p50")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @web.middleware
@@ -121,18 +106,8 @@ async def synthetic_traffic(live: LiveStats) -> None:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing in CI: install Debian's chromium package")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium() as launched:
+        yield launched
 
 
 @contextlib.asynccontextmanager
@@ -148,55 +123,6 @@ async def running(admin_key: bool = False) -> AsyncIterator[Server]:
         with contextlib.suppress(asyncio.CancelledError):
             await traffic
         await server.stop()
-
-
-class Watched:
-    """A page with its console errors and the requests it made."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.errors: list[str] = []
-        self.requests: list[Request] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
-        page.on("request", lambda request: self.requests.append(request))
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.errors.append(message.text)
-
-    async def numbers(self) -> list[str]:
-        return [await self.page.get_by_test_id(name).inner_text() for name in NUMBERS]
-
-    async def expect_numbers_move(self) -> None:
-        before = await self.numbers()
-        for _ in range(int(UI_TIMEOUT_MS / 250)):
-            await asyncio.sleep(0.25)
-            if await self.numbers() != before:
-                return
-        raise AssertionError(f"the numbers stayed at {before}")
-
-    async def expect_charts_drawn(self) -> None:
-        for chart in ("chart-tokens", "chart-inflight", "chart-ttft"):
-            line = self.page.get_by_test_id(chart).locator("path.line")
-            await expect(line).to_have_attribute("d", _DRAWN, timeout=UI_TIMEOUT_MS)
-
-
-# A path with at least two points: the chart draws a line, not nothing.
-_DRAWN = re.compile(r"^M[\d.]+,[\d.]+L[\d.]+,[\d.]+")
-
-
-async def open_dashboard(browser: Browser, url: str) -> Watched:
-    page = await browser.new_page(viewport={"width": 1200, "height": 900})
-    watched = Watched(page)
-    await page.goto(url + "/dashboard")
-    return watched
-
-
-async def expect_status(watched: Watched, state: str) -> None:
-    await expect(watched.page.get_by_test_id("status")).to_have_attribute(
-        "data-state", state, timeout=UI_TIMEOUT_MS
-    )
 
 
 async def test_numbers_and_charts_move_with_traffic(browser: Browser) -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.observability.dashboard import RECENT_SECONDS, WINDOW_SECONDS, LiveStats, percentile
+from gateway.observability.live_stats import RECENT_SECONDS, WINDOW_SECONDS, LiveStats, percentile
 from tests.gateway.observability.support import Facts
 
 T0 = 1_700_000_000.0

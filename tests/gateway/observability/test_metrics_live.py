@@ -6,8 +6,12 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import Settings
+from gateway.app import create_app
+from gateway.http.middleware import count_requests
 from tests.support.gateway import GatewayProcess, MakeGateway
 
 
@@ -118,3 +122,40 @@ async def test_two_workers_one_scrape_sums_them(gateway_process: Any) -> None:
             async with session.get(f"{proc.url}/metrics") as r:
                 found = samples(await r.text())
             assert value(found, "tokenpipe_stream_ends_total", reason="length") == total
+
+
+async def first_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(f"{url}/dashboard/events") as r:
+        frame = await r.content.readuntil(b"\n\n")
+    data = next(line for line in frame.split(b"\n") if line.startswith(b"data: "))
+    stats: dict[str, Any] = orjson.loads(data[len(b"data: ") :])
+    return stats
+
+
+async def test_metrics_off_observes_nothing(make_gateway: MakeGateway) -> None:
+    url = await make_gateway(metrics=False)
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, url, chat(max_tokens=5, stream=True)) == 200
+        assert await post(session, url, chat(max_tokens=5)) == 200
+        assert await post(session, url, chat("no-such-model")) == 404
+        found = await scrape(url)
+        stats = await first_stats(session, url)
+    for name in (
+        "tokenpipe_requests_total",
+        "tokenpipe_stream_ends_total",
+        "tokenpipe_tokens_total",
+        "tokenpipe_upstream_attempts_total",
+        "gen_ai_server_time_to_first_token_seconds_count",
+    ):
+        assert value(found, name) == 0, name
+    assert value(found, "tokenpipe_streams_in_flight") == 0
+    assert stats["in_flight"] == 0
+    assert stats["replies_60s"] == 0
+    assert stats["requests_per_s_60s"] == 0
+
+
+def test_metrics_off_installs_no_counting_middleware() -> None:
+    on = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
+    off = create_app(Settings(_env_file=None, metrics=False))  # type: ignore[call-arg]
+    assert count_requests in on.middlewares
+    assert count_requests not in off.middlewares

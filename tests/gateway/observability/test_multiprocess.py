@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gateway.observability.dashboard import LiveStats
+from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import (
     MULTIPROC_ENV,
     cleanup_multiprocess_dir,

@@ -10,7 +10,7 @@ from multiprocessing.synchronize import Event
 
 from prometheus_client import values
 
-from gateway.observability.dashboard import LiveStats
+from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import multiprocess_dir
 from tests.gateway.observability.support import Facts, make_metrics
 
