@@ -459,4 +459,3 @@ def test_url_without_v1_stops_early_and_says_what_was_meant(gateway: str, tmp_pa
     assert stopped["hint"] == f"did you mean {bare}/v1?"
     assert set(report["requests"]["failed_by_reason"]) == {"http_404"}
     assert 20 <= report["requests"]["measured"] < 30
-
