@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,7 +22,9 @@ from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
 from gateway.observability.dashboard import Dashboard, LiveStats, setup_dashboard
 from gateway.observability.metrics import METRICS, Metrics, multiprocess_dir
+from gateway.reload import RELOADER, Reloader
 from gateway.routing.registry import FACTORIES, Registry
+from gateway.routing.retired import close_provider
 from gateway.state import STATE, GatewayState
 from gateway.streaming.replylog import ReplyLogStore
 from gateway.streaming.replylog_memory import MemoryReplyLogStore
@@ -57,13 +60,13 @@ async def _lifecycle(
     )
     log.info("gateway_ready", models=registry.names(), tokenizer=tokenizer.name)
     yield
+    state = app[STATE]
     await gate.aclose()
     await reply_logs.aclose()
-    for provider in registry.providers():
-        try:
-            await provider.aclose()
-        except Exception:
-            log.exception("provider_close_failed", provider=type(provider).__name__)
+    # The registry in use now: a reload may have replaced the one built above.
+    for provider in state.registry.providers():
+        await close_provider(provider)
+    await state.retired.aclose()
 
 
 def reply_log_store(settings: Settings) -> ReplyLogStore:
@@ -75,9 +78,18 @@ def reply_log_store(settings: Settings) -> ReplyLogStore:
     return MemoryReplyLogStore(ttl=settings.resume_ttl_seconds)
 
 
-def create_app(settings: Settings | None = None) -> web.Application:
-    """A ready-to-run application; nothing happens until it starts."""
+def create_app(
+    settings: Settings | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> web.Application:
+    """A ready-to-run application; nothing happens until it starts.
+
+    ``overrides`` are the flags ``settings`` were loaded with: a reload
+    (``SIGHUP``, ``POST /admin/reload``) loads the settings again with them. By
+    default only the config file is named again.
+    """
     settings = settings or Settings()
+    if overrides is None:
+        overrides = {"config": settings.config} if settings.config else {}
     app = web.Application(
         middlewares=[count_requests, error_middleware, admin.admin_guard],
         # Enforced by ``gateway.http.body.read_body`` too, with a clearer message.
@@ -92,6 +104,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     live = LiveStats([*names, *settings.aliases], share_dir=multiprocess_dir())
     app[METRICS] = metrics
+    app[RELOADER] = Reloader(app, overrides)
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, metrics, live))
     for path, handler in (
         ("/v1/chat/completions", replies.chat_completions),
@@ -106,6 +119,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/v1/usage", admin.usage)
     app.router.add_get("/metrics", admin.metrics)
+    app.router.add_post("/admin/reload", admin.reload_config)
     app.router.add_get("/healthz", health.healthz)
     setup_ui(app)
     setup_dashboard(app, Dashboard(live, draining=lambda: STATE in app and app[STATE].draining))

@@ -12,7 +12,7 @@ import asyncio
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,24 +72,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One indented ``path: message`` line per error; values are never quoted."""
-    lines = []
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One ``path: message`` per error; values are never quoted."""
+    problems = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        lines.append(f"  {where}: {error['msg']}")
-    return "\n".join(lines)
+        problems.append(f"{where}: {error['msg']}")
+    return problems
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One indented ``path: message`` line per error; values are never quoted."""
+    return "\n".join(f"  {problem}" for problem in validation_problems(exc))
+
+
+class InvalidSettings(ValueError):
+    """Settings that do not load: what kind of failure, and one line per problem."""
+
+    def __init__(self, heading: str, problems: list[str]) -> None:
+        self.heading = heading
+        self.problems = problems
+        super().__init__(f"{heading}: {'; '.join(problems)}")
+
+
+def read_settings(overrides: Mapping[str, Any]) -> Settings:
+    """Settings from every source, as start-up loads them (and a reload re-loads them).
+
+    Raises :class:`InvalidSettings` naming every problem, never a value.
+    """
+    try:
+        return Settings(**overrides)
+    except ConfigFileError as exc:
+        raise InvalidSettings("configuration error", exc.problems) from None
+    except ValidationError as exc:
+        raise InvalidSettings("invalid configuration", validation_problems(exc)) from None
 
 
 def load_settings(overrides: dict[str, Any]) -> Settings:
     """Settings from every source; raises SystemExit(2) with a readable message."""
     try:
-        return Settings(**overrides)
-    except ConfigFileError as exc:
+        return read_settings(overrides)
+    except InvalidSettings as exc:
         problems = "\n".join(f"  {p}" for p in exc.problems)
-        print(f"tokenpipe: configuration error:\n{problems}", file=sys.stderr)
-    except ValidationError as exc:
-        print(f"tokenpipe: invalid configuration:\n{format_validation_error(exc)}", file=sys.stderr)
+        print(f"tokenpipe: {exc.heading}:\n{problems}", file=sys.stderr)
     raise SystemExit(EXIT_INVALID)
 
 
@@ -130,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from gateway.server.run import serve
 
-    serve(settings)
+    serve(settings, overrides)
 
 
 def check_config(overrides: dict[str, Any], *, connect: bool = False) -> None:

@@ -13,9 +13,11 @@ from aiohttp import web
 
 from config import Settings
 from gateway.admission.gate import Gate
+from gateway.admission.keys import KeyRing
 from gateway.observability.dashboard import LiveStats
 from gateway.observability.metrics import Metrics
-from gateway.routing.registry import Registry
+from gateway.routing.registry import Registry, Route
+from gateway.routing.retired import Retired
 from providers.support.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -43,6 +45,10 @@ class GatewayState:
     inflight: dict[asyncio.Task[object], ReplyRecord] = field(default_factory=dict)
     #: Set whenever no reply is in flight.
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Providers a reload replaced, closed once no reply uses them.
+    retired: Retired = field(default_factory=Retired)
+    #: Routes handlers resolved and hold until their reply is tracked (see ``holding``).
+    _held: dict[int, list[Route]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -65,6 +71,47 @@ class GatewayState:
             del self.inflight[task]
             if not self.inflight:
                 self.idle.set()
+            self.retired.sweep(self.providers_in_use)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[list[Route]]:
+        """A list for the routes a handler resolves: their providers stay open while inside.
+
+        This covers a reply's routes before :meth:`track` does (admission, the reply
+        log's creation) and for non-tracked failures.
+        """
+        held: list[Route] = []
+        self._held[id(held)] = held
+        try:
+            yield held
+        finally:
+            # Released one loop step later: a background reply's producer task, created
+            # just before the handler returned, enters track() in its first step, and
+            # call_soon callbacks run in order.
+            asyncio.get_running_loop().call_soon(self._release, held)
+
+    def _release(self, held: list[Route]) -> None:
+        del self._held[id(held)]
+        self.retired.sweep(self.providers_in_use)
+
+    def providers_in_use(self) -> set[int]:
+        """The ids of the providers some reply in flight (or being admitted) may call."""
+        used = {id(r.provider) for record in self.inflight.values() for r in record.routes}
+        used.update(id(r.provider) for routes in self._held.values() for r in routes)
+        return used
+
+    def reconfigure(self, settings: Settings, registry: Registry, ring: KeyRing) -> None:
+        """Serve new requests with these (a reload); replies in flight keep their routes.
+
+        Providers of the old registry that ``registry`` does not reuse are closed once
+        no reply uses them.
+        """
+        kept = {id(p) for p in registry.providers()}
+        self.retired.add(p for p in self.registry.providers() if id(p) not in kept)
+        self.settings = settings
+        self.registry = registry
+        self.gate.ring = ring  # the store (limits, usage) is kept
+        self.retired.sweep(self.providers_in_use)
 
     async def wait_idle(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for no reply to be in flight; True if none is."""

@@ -49,8 +49,10 @@ def gateway_process() -> Iterator[Callable[..., GatewayProcess]]:
     """Start ``python -m gateway`` subprocesses; each is stopped at teardown."""
     started: list[GatewayProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        proc = GatewayProcess(*args, env=env)
+    def start(
+        *args: str, env: dict[str, str] | None = None, port_in_config: int | None = None
+    ) -> GatewayProcess:
+        proc = GatewayProcess(*args, env=env, port_in_config=port_in_config)
         started.append(proc)
         proc.wait_ready()
         return proc

@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx2
 import openai
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.server import aiohttp_internals
 from providers.openai import sdk_internals
-from tests.support.fakes.openai_upstream import Behaviour, FakeOpenAIUpstream
 
 
 def test_app_runner_still_builds_its_server_in_make_server() -> None:
@@ -106,30 +106,35 @@ async def test_stream_response_is_chunked_after_prepare() -> None:
     assert chunked == ["chunked"]
 
 
-async def test_sdk_raw_stream_takes_the_fast_path() -> None:
-    """sdk_internals.raw_body_chunks reads ``response.stream`` as an async generator."""
-    assert hasattr(openai, "DefaultAioHttpClient")
-    async with FakeOpenAIUpstream([Behaviour(tokens=3)]) as fake:
-        client = openai.AsyncOpenAI(
-            base_url=fake.base_url, api_key="k", http_client=openai.DefaultAioHttpClient()
-        )
-        try:
-            response = await client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                body={"model": "m", "messages": [], "stream": True},
-                stream=True,
-                stream_cls=None,
-            )
-            assert isinstance(response.stream, httpx2.AsyncByteStream)
-            chunks = sdk_internals.raw_body_chunks(response)
-            # The fast path returns the transport's own generator, not aiter_bytes().
-            assert chunks.__qualname__ != response.aiter_bytes().__qualname__  # type: ignore[attr-defined]
-            body = b"".join([c async for c in chunks])
-            assert body.endswith(b"data: [DONE]\n\n")
-            await response.aclose()
-        finally:
-            await client.close()
+def test_sdk_builds_the_request_template_once() -> None:
+    """sdk_internals.request_template uses ``_build_request`` and ``FinalRequestOptions``."""
+    client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-x")
+    url, headers = sdk_internals.request_template(client, "/chat/completions")
+    assert url == "http://127.0.0.1:9/v1/chat/completions"
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert lowered["authorization"] == "Bearer sk-x"
+    assert lowered["content-type"] == "application/json"
+    assert "user-agent" in lowered
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, openai.BadRequestError),
+        (401, openai.AuthenticationError),
+        (429, openai.RateLimitError),
+        (503, openai.InternalServerError),
+    ],
+)
+def test_sdk_makes_its_typed_status_errors(status: int, kind: type[Exception]) -> None:
+    """sdk_internals.status_error uses ``_make_status_error_from_response``."""
+    client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-x")
+    body = b'{"error": {"message": "nope", "type": "t"}}'
+    error = sdk_internals.status_error(client, "http://x/v1", status, {"Retry-After": "3"}, body)
+    assert type(error) is kind
+    assert error.status_code == status
+    assert error.response.headers["Retry-After"] == "3"
+    assert isinstance(error.body, dict)
 
 
 def test_sdk_exceptions_keep_their_aiohttp_cause() -> None:

@@ -23,6 +23,7 @@ from gateway.http.body import read_body
 from gateway.http.middleware import DIALECT_KEY, REQUEST_ID, REQUEST_ID_KEY, json_response
 from gateway.http.offload import parse_body
 from gateway.observability.replies import reply_observer
+from gateway.routing.registry import Route
 from gateway.state import STATE
 from gateway.streaming.collector import collect
 from gateway.streaming.record import ReplyRecord
@@ -40,6 +41,13 @@ RESUME_TOKEN = "X-Resume-Token"
 
 async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     """Serve one reply in ``dialect``, streaming or not."""
+    # The routes stay in use (their providers open across a reload) until the reply
+    # is tracked as in flight, or the handler ends.
+    with request.app[STATE].holding() as held:
+        return await _reply(request, dialect, held)
+
+
+async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> web.StreamResponse:
     request[DIALECT_KEY] = dialect
     state = request.app[STATE]
     settings = state.settings
@@ -47,6 +55,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     parsed, inbound = await parse_body(dialect, body)  # large bodies in a thread
     identity = state.gate.identify(request.headers)
     routes = state.registry.resolve(inbound.model)
+    held.extend(routes)
     state.gate.check_model(identity, inbound.model)
     structlog.contextvars.bind_contextvars(model=inbound.model, stream=inbound.stream)
     if state.draining:

@@ -9,14 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.errors import (
-    BadRequest,
-    GatewayError,
-    ShuttingDown,
-    Unauthorized,
-    UpstreamRateLimited,
-    UpstreamTimeout,
-)
+from gateway.errors import UpstreamRateLimited
 from gateway.observability.dashboard import LiveStats
 from gateway.observability.metrics import Metrics
 
@@ -27,21 +20,14 @@ _OK = frozenset({"stop", "length", "tool_calls"})
 
 
 def _error_type(record: ReplyRecord) -> str | None:
+    """The metrics' ``error_type``: the record's end reason, with what it folds in
+    (a rate-limited upstream ends as ``upstream_error``) told apart."""
     if record.reason in _OK:
         return None
-    error = record.error
-    if isinstance(error, UpstreamTimeout):
-        return "timeout"
-    if isinstance(error, UpstreamRateLimited):
+    if isinstance(record.error, UpstreamRateLimited):
         return "rate_limited"
-    if isinstance(error, BadRequest):
+    if record.reason == "rejected":
         return "bad_request"
-    if isinstance(error, Unauthorized):
-        return "auth"
-    if isinstance(error, ShuttingDown):
-        return "shutdown"
-    if isinstance(error, GatewayError):
-        return "upstream_error"
     return record.reason
 
 

@@ -1,8 +1,9 @@
 """The routing table: model names (and aliases) to providers.
 
-Built once from settings. Each distinct upstream gets one provider instance
-(one HTTP client, reused), shared by every model that names it. This is the only
-place that maps a provider *kind* to a class.
+Built from settings at start-up, and again on each reload. Each distinct upstream
+gets one provider instance (one HTTP client, reused), shared by every model that
+names it; a reload reuses the previous registry's instance of an unchanged upstream.
+This is the only place that maps a provider *kind* to a class.
 """
 
 from __future__ import annotations
@@ -66,8 +67,14 @@ class Registry:
         self._aliases = aliases
 
     @classmethod
-    def from_settings(cls, settings: Settings, tokenizer: Tokenizer) -> Registry:
+    def from_settings(
+        cls, settings: Settings, tokenizer: Tokenizer, *, reuse: Registry | None = None
+    ) -> Registry:
+        """The routes ``settings`` give; an upstream ``reuse`` already serves keeps its provider."""
         providers: dict[tuple[str, UpstreamConfig], Provider] = {}
+        if reuse is not None:
+            for route in reuse._routes.values():
+                providers.setdefault((route.provider_kind, route.config.upstream()), route.provider)
         routes: dict[str, Route] = {}
         for model in settings.routable_models():
             upstream = model.upstream()
@@ -76,6 +83,14 @@ class Registry:
                 providers[key] = FACTORIES[model.provider](upstream, tokenizer)
             routes[model.name] = Route(config=model, provider=providers[key])
         return cls(routes, dict(settings.aliases))
+
+    def models(self) -> dict[str, ModelConfig]:
+        """Each model's configuration, by name (aliases not included)."""
+        return {name: route.config for name, route in self._routes.items()}
+
+    def aliases(self) -> dict[str, str]:
+        """Alias to model name."""
+        return dict(self._aliases)
 
     def names(self) -> list[str]:
         """Model ids and aliases, as listed by ``/v1/models``."""
@@ -97,7 +112,7 @@ class Registry:
         return chain
 
     def providers(self) -> list[Provider]:
-        """Each provider instance once, for closing at shutdown."""
+        """Each provider instance once, for closing at shutdown (or once replaced)."""
         unique: dict[int, Provider] = {}
         for route in self._routes.values():
             unique.setdefault(id(route.provider), route.provider)

@@ -5,6 +5,9 @@ requests get a clear 503 (and ``/healthz`` says ``draining``, so load balancers
 move on), lets replies in flight run to completion for up to ``drain_seconds``,
 then cuts those still open with one in-band error event, and exits 0.
 
+On SIGHUP it reloads its configuration (:mod:`gateway.reload`) without stopping:
+replies in flight finish on the configuration they started with.
+
 With ``workers > 1``, :mod:`gateway.server.workers` runs that many of these.
 """
 
@@ -14,6 +17,8 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,6 +26,7 @@ from aiohttp import web
 from config import Settings
 from gateway.app import create_app
 from gateway.observability.logging import configure_logging
+from gateway.reload import RELOADER
 from gateway.server.header_deadline import GuardedAppRunner
 from gateway.server.preflight import refusals
 from gateway.state import STATE
@@ -89,9 +95,19 @@ async def drain(app: web.Application, seconds: float) -> None:
         await state.wait_idle(_CUT_GRACE_SECONDS)
 
 
-async def run_server(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and return."""
-    app = create_app(settings)
+async def run_server(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    on_reloadable: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and return; reload on SIGHUP.
+
+    ``overrides``: the flags ``settings`` came from, applied again by a reload.
+    ``on_reloadable`` is called once SIGHUP is handled (a worker tells its supervisor).
+    """
+    app = create_app(settings, overrides=overrides)
     runner = GuardedAppRunner(
         app,
         header_timeout=settings.request_read_timeout_seconds,
@@ -106,6 +122,12 @@ async def run_server(settings: Settings, *, reuse_port: bool = False) -> None:
         lingering_time=2.0,
     )
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        # Before the socket opens: SIGHUP's default action would end the process.
+        loop.add_signal_handler(signal.SIGHUP, app[RELOADER].on_signal)
+        if on_reloadable is not None:
+            on_reloadable()
     try:
         site = web.TCPSite(
             runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024
@@ -114,14 +136,18 @@ async def run_server(settings: Settings, *, reuse_port: bool = False) -> None:
         log.info("gateway_listening", host=settings.host, port=settings.port, pid=os.getpid())
         signum = await _wait_for_signal()
         log.info("shutdown_requested", signal=signal.Signals(signum).name)
-        await drain(app, settings.drain_seconds)
+        # A reload may have changed it.
+        await drain(app, app[STATE].settings.drain_seconds)
     finally:
         await runner.cleanup()
     log.info("gateway_stopped")
 
 
-def serve(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM, drain in-flight replies and exit 0."""
+def serve(settings: Settings, overrides: Mapping[str, Any] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, drain in-flight replies and exit 0.
+
+    ``overrides``: the flags ``settings`` came from (a reload loads them again).
+    """
     configure_logging(settings.log_level, settings.log_format)
     problems = refusals(settings)
     if problems:
@@ -133,6 +159,6 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         from gateway.server.workers import supervise_workers
 
-        sys.exit(supervise_workers(settings))
+        sys.exit(supervise_workers(settings, overrides or {}))
     with asyncio.Runner(loop_factory=new_loop) as runner:
-        runner.run(run_server(settings))
+        runner.run(run_server(settings, overrides=overrides))

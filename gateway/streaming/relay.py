@@ -270,6 +270,7 @@ class StreamSession:
         encoder = self.encoder
         watchdog = self.watchdog
         number = self.sequencer.number
+        one = self.sequencer.one
         append = self.reply_log.append
         loop = asyncio.get_running_loop()
         # The idle timer starts with the first event.
@@ -300,7 +301,7 @@ class StreamSession:
                 texts.append(text)
                 if primary is not None:
                     try:
-                        await primary.send(number(text_frame(text)))
+                        await primary.send(one(text_frame(text)))
                     except (ClientGone, SendTimeout) as exc:
                         self._lost(exc)
                 if meter is not None and len(texts) >= meter.next_debit:

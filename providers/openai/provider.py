@@ -1,16 +1,22 @@
 """The provider for OpenAI and OpenAI-compatible upstreams (vLLM, Ollama, llama.cpp, ...).
 
-The ``openai`` SDK opens the request: connection pool, auth, request shaping, and a
-typed exception for every non-2xx status. Its HTTP client is ``openai.DefaultAioHttpClient``
-(httpx's API over aiohttp's C parser), which halves the CPU per relayed token against
-the default pure-Python transport. The streamed body is then read as raw bytes and each
-``data:`` line parsed with ``orjson``; the SDK's per-chunk pydantic objects cost several
-times more CPU per token (``scripts/bench_relay_cost.py`` measures both).
+The ``openai`` SDK shapes the request and its errors: it builds the URL, the auth and
+its identifying headers once per upstream (``sdk_internals.request_template``), and every
+non-2xx answer becomes the SDK's own typed exception (``sdk_internals.status_error``),
+translated here by type. The streaming POST itself goes out on one ``aiohttp`` session
+per upstream: the SDK's per-request pipeline (options model, URL parsing, httpx request
+and response objects) was 1.8 of the 2.2 ms to a stream's first event, and its stream
+wrapper a few generator layers per chunk. Measured with
+``python -m tests.benchmarks.provider_ttft``: first event p50 2.2 ms through the SDK's
+``post()``, 0.42 ms now, 0.32 ms for aiohttp alone. The body is read as the transport
+delivers it and each ``data:`` line parsed with ``orjson``.
 
 Non-obvious choices:
 
-* ``max_retries=0`` and no read timeout: the gateway owns retries, first-token and
-  idle timeouts; the provider applies only the connect timeout.
+* No retries and no read timeout: the gateway owns retries, first-token and idle
+  timeouts; the provider applies only the connect timeout.
+* A body read to its end returns the connection to the pool; one closed early (the
+  client left) closes the connection, which is how the upstream learns to stop.
 * ``stream_options.include_usage`` is always asked for; the gateway drops usage the
   client did not ask for.
 * ``Usage`` is yielded once, after ``Finish``, when the stream ends, from the last
@@ -28,6 +34,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any, Final
 
+import aiohttp
 import anyio
 import httpx2
 import openai
@@ -45,7 +52,7 @@ from providers.errors import (
     TranslateErrors,
 )
 from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
-from providers.openai.sdk_internals import aiohttp_cause, raw_body_chunks
+from providers.openai.sdk_internals import aiohttp_cause, request_template, status_error
 from providers.support.upstream_sse import SSEParser, retry_after_seconds
 
 _FINISH_REASONS: Final[Mapping[str, FinishReason]] = {
@@ -70,26 +77,37 @@ class OpenAIProvider:
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self._secret = upstream.api_key.get_secret_value() if upstream.api_key else None
+        # Builds the request template and the typed errors; it never sends.
         self._client = openai.AsyncOpenAI(
             base_url=upstream.base_url,
             # Local servers (vLLM, Ollama) need no key, but the SDK insists on one.
             api_key=self._secret or "none",
             max_retries=0,
-            http_client=openai.DefaultAioHttpClient(
-                timeout=httpx2.Timeout(
-                    connect=upstream.connect_timeout, read=None, write=30.0, pool=30.0
-                ),
-                # The SDK's default pool (1,000 connections) would queue the 1,001st
-                # concurrent stream to one upstream; a gateway holds many more open.
-                limits=httpx2.Limits(
-                    max_connections=_MAX_CONNECTIONS, max_keepalive_connections=100
-                ),
-            ),
             default_headers=dict(upstream.headers) or None,
         )
+        self._connect_timeout = upstream.connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._template: tuple[str, dict[str, str]] | None = None
+
+    def _open(self) -> tuple[aiohttp.ClientSession, str, dict[str, str]]:
+        """The session streams are sent on, and the SDK's URL and headers (built once)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, limit_per_host=0),
+                # The gateway owns first-token and idle timeouts; only connecting is ours.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=None, sock_connect=self._connect_timeout, sock_read=None
+                ),
+            )
+        if self._template is None:
+            self._template = request_template(self._client, "/chat/completions")
+        url, headers = self._template
+        return self._session, url, headers
 
     async def aclose(self) -> None:
-        """Close the SDK's HTTP client and its connection pool."""
+        """Close the streaming session and the SDK's client."""
+        if self._session is not None:
+            await self._session.close()
         await self._client.close()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
@@ -97,23 +115,26 @@ class OpenAIProvider:
         finished = False
         try:
             with _TranslateErrors(self._secret):
-                # The SDK's documented raw request: ``create()`` would first walk the
-                # whole body through its TypedDict transform, which was most of the
-                # gateway's CPU per request (the body is plain JSON already).
-                response = await self._client.post(
-                    "/chat/completions",
-                    cast_to=httpx2.Response,
-                    body=_body_of(request),
-                    stream=True,
-                    stream_cls=None,
+                session, url, headers = self._open()
+                response = await session.post(
+                    url, data=orjson.dumps(_body_of(request)), headers=headers
                 )
                 try:
-                    async with aclosing(_events(response)) as events:
+                    if response.status >= 300:
+                        body = await response.read()
+                        raise status_error(
+                            self._client, url, response.status, response.headers, body
+                        )
+                    async with aclosing(_events(response.content)) as events:
                         async for event in events:
                             finished = finished or isinstance(event, Finish)
                             yield event
                 finally:
-                    await response.aclose()
+                    # Read to its end: the connection goes back to the pool; else closed.
+                    if response.content.at_eof():
+                        response.release()
+                    else:
+                        response.close()
         except ProviderUnavailable:
             if not finished:
                 raise
@@ -132,43 +153,43 @@ def _body_of(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-async def _events(response: httpx2.Response) -> AsyncGenerator[StreamEvent, None]:
+async def _events(content: aiohttp.StreamReader) -> AsyncGenerator[StreamEvent, None]:
     """Parse an OpenAI chat-completions chunk stream into provider events."""
     parser = SSEParser()
     loads = orjson.loads
     finished = done = False
     usage: Any = None
-    async with aclosing(raw_body_chunks(response)) as chunks:
-        async for chunk in chunks:
-            for sse in parser.feed(chunk):
-                data = sse.data
-                if data == b"[DONE]":
-                    done = True
-                    break
-                obj = loads(data)
-                if not isinstance(obj, dict):
-                    continue
-                try:
-                    events = _chunk_events(obj, finished)
-                except (TypeError, ValueError, AttributeError, KeyError, IndexError):
-                    # A hostile or broken upstream: its reply fails, never the gateway.
-                    raise ProviderUnavailable("upstream sent a malformed chunk") from None
-                for event in events:
-                    finished = finished or isinstance(event, Finish)
-                    yield event
-                if obj.get("usage"):
-                    usage = obj["usage"]
-            if done:
+    chunks = content.iter_any()  # the body's chunks, as the transport read them
+    async for chunk in chunks:
+        for sse in parser.feed(chunk):
+            data = sse.data
+            if data == b"[DONE]":
+                done = True
                 break
-        if not finished:
-            raise ProviderUnavailable("upstream stream ended without a finish")
-        if isinstance(usage, dict):
-            yield Usage(
-                prompt_tokens=_count(usage.get("prompt_tokens")),
-                completion_tokens=_count(usage.get("completion_tokens")),
-            )
+            obj = loads(data)
+            if not isinstance(obj, dict):
+                continue
+            try:
+                events = _chunk_events(obj, finished)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+                # A hostile or broken upstream: its reply fails, never the gateway.
+                raise ProviderUnavailable("upstream sent a malformed chunk") from None
+            for event in events:
+                finished = finished or isinstance(event, Finish)
+                yield event
+            if obj.get("usage"):
+                usage = obj["usage"]
         if done:
-            await _drain(chunks)
+            break
+    if not finished:
+        raise ProviderUnavailable("upstream stream ended without a finish")
+    if isinstance(usage, dict):
+        yield Usage(
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+        )
+    if done:
+        await _drain(chunks)
 
 
 #: Tool calls one reply may open; an index beyond it is a malformed chunk.
@@ -240,7 +261,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(_DRAIN_SECONDS):
             async for _ in chunks:
                 pass
-    except (TimeoutError, httpx2.HTTPError, httpx2.StreamError):
+    except (TimeoutError, aiohttp.ClientError):
         pass  # Best effort: closing the response instead costs only a reconnect.
 
 

@@ -1,5 +1,8 @@
 """Per-request cost of the OpenAI provider: time to its first event, against raw aiohttp.
 
+(The provider now sends on its own aiohttp session with the SDK's URL and headers;
+through the SDK's ``post()`` the first event took 2.2 ms here, now about 0.4 ms.)
+
 Both read the same fast fake upstream (tests/support/fakes/openai_upstream.py) in this process:
 the provider through the openai SDK (``OpenAIProvider.stream`` until its first event),
 and a bare ``aiohttp`` POST until the first streamed line. The difference is what the
@@ -56,7 +59,7 @@ async def main(requests: int, rounds: int) -> None:
                 raw = [await via_aiohttp() for _ in range(requests)]
                 fake.requests.clear()
                 print(
-                    f"first event p50: provider (openai SDK) {statistics.median(sdk) * 1000:.3f} ms"
+                    f"first event p50: provider {statistics.median(sdk) * 1000:.3f} ms"
                     f", raw aiohttp {statistics.median(raw) * 1000:.3f} ms"
                 )
         await provider.aclose()

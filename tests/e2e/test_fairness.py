@@ -7,9 +7,10 @@ request for a huge fake reply held the loop and retained ~110 MB.
 from __future__ import annotations
 
 import asyncio
-import io
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -30,6 +31,23 @@ def big_body() -> bytes:
     return head + filler + tail
 
 
+HEAVY_CLIENT = """
+import asyncio, json, sys, aiohttp
+url, folder = sys.argv[1], sys.argv[2]
+async def send(session, name):
+    data = open(f"{folder}/{name}", "rb").read()
+    async with session.post(url + "/v1/chat/completions", data=data,
+                            headers={"Content-Type": "application/json"}) as resp:
+        await resp.read()
+        return resp.status
+async def main():
+    async with aiohttp.ClientSession() as session:
+        both = await asyncio.gather(send(session, "big.json"), send(session, "long.json"))
+        print(json.dumps(both))
+asyncio.run(main())
+"""
+
+
 async def probe(url: str, stop: asyncio.Event, gaps: list[float]) -> None:
     """GET /healthz at 20 Hz; record each answer's latency."""
     async with aiohttp.ClientSession() as session:
@@ -42,7 +60,7 @@ async def probe(url: str, stop: asyncio.Event, gaps: list[float]) -> None:
 
 
 async def test_max_size_request_and_max_length_reply_do_not_stall_the_loop(
-    gateway_process: Callable[..., GatewayProcess],
+    gateway_process: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
     proc = gateway_process(env={"TOKENPIPE_LOG_LEVEL": "warning"})
     url = proc.url
@@ -58,18 +76,17 @@ async def test_max_size_request_and_max_length_reply_do_not_stall_the_loop(
             "fake": {"reply_tokens": MAX_REPLY_TOKENS},
         }
     )
-    async with aiohttp.ClientSession() as session:
-
-        async def send(data: bytes) -> int:
-            async with session.post(
-                f"{url}/v1/chat/completions",
-                data=io.BytesIO(data),
-                headers={"Content-Type": "application/json"},
-            ) as resp:
-                await resp.read()
-                return resp.status
-
-        statuses = await asyncio.gather(send(body), send(long_reply))
+    # The heavy requests come from another process, so this process's loop (the
+    # probe's) is not busy reading them: the latency measured is the gateway's.
+    heavy = tmp_path / "heavy.py"
+    heavy.write_text(HEAVY_CLIENT)
+    (tmp_path / "big.json").write_bytes(body)
+    (tmp_path / "long.json").write_bytes(long_reply)
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, str(heavy), url, str(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await client.communicate()
+    statuses = orjson.loads(out)
     await asyncio.sleep(0.2)
     stop.set()
     await prober

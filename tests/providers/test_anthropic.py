@@ -19,7 +19,8 @@ from providers.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.events import Finish, StreamEvent, ToolCallDelta, Usage
+from tests.support import provider_streams as streams
 from tests.support.fakes.anthropic_upstream import (
     Behaviour,
     FakeAnthropicUpstream,
@@ -54,24 +55,14 @@ def request(**kwargs: Any) -> ChatRequest:
 
 
 async def collect(provider: AnthropicProvider, req: ChatRequest | None = None) -> list[StreamEvent]:
-    return [event async for event in provider.stream(req or request())]
-
-
-async def consume(stream: AsyncIterator[StreamEvent], into: list[StreamEvent]) -> None:
-    async for event in stream:
-        into.append(event)
+    return await streams.collect(provider, req or request())
 
 
 async def failure(provider: AnthropicProvider, req: ChatRequest | None = None) -> ProviderError:
-    events: list[StreamEvent] = []
-    with pytest.raises(ProviderError) as info:
-        await consume(provider.stream(req or request()), events)
-    assert not any(isinstance(e, Finish) for e in events)
-    return info.value
+    return await streams.failure(provider, req or request())
 
 
-def text_of(events: list[StreamEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
+consume, text_of = streams.consume, streams.text_of
 
 
 async def test_streams_text_then_finish_then_usage(

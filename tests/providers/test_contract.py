@@ -22,8 +22,9 @@ from config.models import UpstreamConfig
 from providers.anthropic.provider import AnthropicProvider
 from providers.base import ChatRequest, Provider
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
-from providers.events import Finish, StreamEvent, TextDelta
+from providers.events import TextDelta
 from providers.openai.provider import OpenAIProvider
+from tests.support import provider_streams as streams
 from tests.support.fakes.anthropic_upstream import FakeAnthropicUpstream
 from tests.support.fakes.openai_upstream import (
     Behaviour,
@@ -81,12 +82,7 @@ def request() -> ChatRequest:
 
 async def failure(provider: Provider) -> ProviderError:
     """The error the stream ends with; no finish may come before it."""
-    events: list[StreamEvent] = []
-    with pytest.raises(ProviderError) as info:
-        async for event in provider.stream(request()):
-            events.append(event)
-    assert not any(isinstance(e, Finish) for e in events)
-    return info.value
+    return await streams.failure(provider, request())
 
 
 def test_satisfies_the_provider_protocol(kind: Kind) -> None:

@@ -22,6 +22,7 @@ from providers.errors import (
 from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 from providers.openai.provider import OpenAIProvider
 from providers.support.upstream_sse import SSEEvent, SSEParser, retry_after_seconds
+from tests.support import provider_streams as streams
 from tests.support.fakes.openai_upstream import (
     Behaviour,
     FakeOpenAIUpstream,
@@ -53,24 +54,14 @@ def request(**kwargs: Any) -> ChatRequest:
 
 
 async def collect(provider: OpenAIProvider, req: ChatRequest | None = None) -> list[StreamEvent]:
-    return [event async for event in provider.stream(req or request())]
-
-
-async def consume(stream: AsyncIterator[StreamEvent], into: list[StreamEvent]) -> None:
-    async for event in stream:
-        into.append(event)
+    return await streams.collect(provider, req or request())
 
 
 async def failure(provider: OpenAIProvider, req: ChatRequest | None = None) -> ProviderError:
-    events: list[StreamEvent] = []
-    with pytest.raises(ProviderError) as info:
-        await consume(provider.stream(req or request()), events)
-    assert not any(isinstance(e, Finish) for e in events)
-    return info.value
+    return await streams.failure(provider, req or request())
 
 
-def text_of(events: list[StreamEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
+consume, text_of = streams.consume, streams.text_of
 
 
 async def test_streams_text_then_finish_then_usage(fake: FakeOpenAIUpstream, provider: Any) -> None:

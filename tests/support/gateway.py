@@ -22,14 +22,18 @@ MakeGateway = Callable[..., Awaitable[str]]
 class GatewayProcess:
     """``python -m gateway`` as a child process, as a user runs it."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, port_in_config: int | None = None
+    ) -> None:
+        # ``port_in_config``: the port the config file sets; no ``--port`` flag then.
+        self.port = port_in_config or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        port_flag = [] if port_in_config else ["--port", str(self.port)]
         full_env = {**os.environ, "TOKENPIPE_LOG_FORMAT": "json", **(env or {})}
         # Logs go to a file, not a pipe: an unread pipe fills up and blocks the gateway.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--port", str(self.port), *args],
+            [sys.executable, "-m", "gateway", *port_flag, *args],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.DEVNULL,

@@ -23,13 +23,18 @@ class NamedStream:
 
 
 def parse_named(raw: bytes) -> list[tuple[str, Any]]:
-    """Every frame must be ``event: <name>`` + one ``data:`` line + a blank line."""
+    """Every frame must be ``id: <n>`` (1, 2, 3...; the first also ``retry:``),
+    ``event: <name>``, one ``data:`` line and a blank line."""
     assert raw.endswith(b"\n\n"), raw[-80:]
     events: list[tuple[str, Any]] = []
     for block in raw.decode().split("\n\n")[:-1]:
         lines = block.split("\n")
         if all(line.startswith(":") for line in lines):
             continue
+        if not events and lines[0].startswith("retry: "):
+            lines = lines[1:]
+        assert lines[0] == f"id: {len(events) + 1}", block
+        lines = lines[1:]
         assert len(lines) == 2, block
         assert lines[0].startswith("event: "), block
         assert lines[1].startswith("data: "), block

@@ -58,7 +58,9 @@ async def test_text_stream_events_in_anthropic_order(gateway_url: str) -> None:
         "message_delta",
         "message_stop",
     ]
-    assert got.raw.startswith(b'event: message_start\ndata: {"type":"message_start","message":')
+    assert got.raw.startswith(
+        b'retry: 1000\nid: 1\nevent: message_start\ndata: {"type":"message_start","message":'
+    )
     assert b'event: ping\ndata: {"type":"ping"}\n\n' in got.raw
     assert got.raw.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     delta = got.events[3][1]

@@ -64,7 +64,9 @@ async def test_text_stream_events_in_openai_order(gateway_url: str) -> None:
         "response.output_item.done",
         "response.completed",
     ]
-    assert got.raw.startswith(b'event: response.created\ndata: {"type":"response.created",')
+    assert got.raw.startswith(
+        b'retry: 1000\nid: 1\nevent: response.created\ndata: {"type":"response.created",'
+    )
     deltas = [d["delta"] for n, d in got.events if n == "response.output_text.delta"]
     done = got.events[-1][1]["response"]
     assert done["status"] == "completed"
