@@ -44,6 +44,12 @@ class ModelConfig(BaseModel):
     api_key: SecretStr | None = None
     fallbacks: list[str] = Field(default_factory=list)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    #: After the first token, when this upstream fails or cuts the stream, ask the next
+    #: fallback to *continue* the partial answer (the original messages plus an assistant
+    #: message holding the text sent so far) instead of ending with an in-band error. It
+    #: relies on the fallback continuing its own prefix, as OpenAI-compatible servers and
+    #: the fake provider do; the client sees one stream. Default: off.
+    continue_on_fallback: bool = False
     #: Attempts on this upstream after the first, before trying fallbacks.
     retries: int = Field(2, ge=0, le=10)
     options: dict[str, Any] = Field(default_factory=dict)

@@ -7,7 +7,10 @@ measures, per request: time to first token (first non-empty content delta), inte
 latencies, end-to-end latency, output tokens (content events counted), whether the stream
 ended with ``data: [DONE]``, how many finish reasons it carried (exactly one is correct)
 and whether ``usage.completion_tokens`` equals the content events counted. It imports
-nothing of tokenpipe. Needs aiohttp and orjson; rich for the report, matplotlib for --plot.
+nothing of tokenpipe. Needs aiohttp and orjson (``./scripts/serve`` installs them); rich,
+when installed, draws the tables and a live progress bar on a terminal (else the report is
+plain text), and ``--plot`` needs matplotlib (when it is missing, one message says so; the
+report and the JSON are complete anyway).
 
 Load shapes:
   closed loop  ``--concurrency N`` (default 8): N users, each sends its next request when
@@ -37,8 +40,13 @@ Examples::
         --concurrency 2 --requests 10 --max-tokens 50
 
 Exit status: 0; 1 when the error rate exceeds ``--max-error-rate`` (default 0.01) or no
-request was measured; 2 for bad arguments. With a terminal on stderr a live progress bar
-is shown; Ctrl-C stops sending and reports what was measured.
+request was measured; 2 for bad arguments. With a terminal on stderr (and rich) a live
+progress bar is shown; Ctrl-C stops sending and reports what was measured.
+
+Early stop: when the first 20 requests (per worker, its share of 20) all failed for the
+same reason, the run stops there, since the rest would fail alike, and says what was
+probably wrong (e.g. a 404 from ``--url http://host:8080``: ``did you mean
+http://host:8080/v1?``).
 
 Failure reasons: ``http_<status>``; ``in_band_error`` (an ``{"error": ...}`` event);
 ``timeout``; ``connection`` (no response); ``truncated`` (the stream ended without
@@ -49,7 +57,8 @@ JSON report (``--json OUT``), schema ``tokenpipe.loadtest/1``. Latencies are in 
 distribution has the keys ``count, min, mean, p50, p90, p99, max`` (null when empty)::
 
     schema, started_at (ISO 8601, UTC), config {every option; never the API key}
-    requests     {measured, ok, failed, warmup, error_rate, failed_by_reason {reason: n}}
+    requests     {measured, ok, failed, warmup, error_rate, failed_by_reason {reason: n},
+                  stopped_early (null, or {after, reason, message, hint})}
     ttft_ms, itl_ms, e2e_ms      distributions over the ok requests
     throughput   {wall_s, requests_per_s, ok_requests_per_s, output_tokens,
                   output_tokens_per_s, stream_tokens_per_s_p50}
@@ -100,7 +109,6 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
     from types import FrameType
 
-    from rich.console import Console
     from rich.progress import Progress, TaskID
 
 SCHEMA = "tokenpipe.loadtest/1"
@@ -109,6 +117,8 @@ SATURATED = 0.9
 STARTUP_GRACE_S = 60.0
 # Indexes into the shared counters the workers publish for the live progress bar.
 READY, STARTED, OK, FAILED, TOKENS = range(5)
+#: Stop when this many first requests (divided between the workers) all failed alike.
+EARLY_STOP_AFTER = 20
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -494,6 +504,8 @@ class WorkerReport:
     results: list[RequestResult]
     cpu_s: float
     wall_s: float
+    #: The first failure, when this worker stopped the run early (see the docstring).
+    stopped_early: RequestResult | None = None
 
 
 @dataclass
@@ -542,8 +554,12 @@ class Runner:
         share: Share,
         session: aiohttp.ClientSession,
         counters: SynchronizedArray[float],
+        stop: Event,
     ) -> None:
-        self._cfg, self._session, self._counters = cfg, session, counters
+        self._cfg, self._session, self._counters, self._stop = cfg, session, counters, stop
+        self._probe = max(1, math.ceil(EARLY_STOP_AFTER / cfg.workers))
+        #: The first failure, when the first ``_probe`` requests all failed like it.
+        self.stopped_early: RequestResult | None = None
         start = share.index % len(cfg.prompts)
         prompts = cfg.prompts[start:] + cfg.prompts[:start]
         self._bodies = [build_body(cfg, p) for p in prompts]
@@ -565,6 +581,11 @@ class Runner:
         self.results.append(result)
         self._publish(OK if result.ok else FAILED, 1)
         self._publish(TOKENS, result.tokens)
+        if len(self.results) == self._probe:
+            first = self.results[0]
+            if not first.ok and all(r.error == first.error for r in self.results):
+                self.stopped_early = first
+                self._stop.set()
 
 
 async def closed_loop(runner: Runner, schedule: Schedule, users: int) -> None:
@@ -602,7 +623,7 @@ async def run_worker(
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        runner = Runner(cfg, share, session, counters)
+        runner = Runner(cfg, share, session, counters, stop)
         schedule = Schedule(cfg, share, stop)
         if share.rate is not None:
             seed = None if cfg.seed is None else cfg.seed + share.index
@@ -610,7 +631,7 @@ async def run_worker(
         else:
             await closed_loop(runner, schedule, share.concurrency or 1)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return WorkerReport(share.index, runner.results, cpu, wall)
+    return WorkerReport(share.index, runner.results, cpu, wall, runner.stopped_early)
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -647,7 +668,8 @@ def worker_main(
 
 
 class LiveProgress:
-    """A rich progress bar with running figures when stderr is a terminal; else silent."""
+    """A rich progress bar with running figures when stderr is a terminal and rich is
+    installed; else silent."""
 
     def __init__(self, cfg: Config) -> None:
         self._progress: Progress | None = None
@@ -655,8 +677,11 @@ class LiveProgress:
         self._by_requests = cfg.requests is not None
         if not sys.stderr.isatty():
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        try:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        except ImportError:
+            return
 
         if cfg.requests is not None:
             total = float(cfg.requests + cfg.warmup_requests)
@@ -909,6 +934,7 @@ def summarise(
             "warmup": len(results) - len(measured),
             "error_rate": (len(measured) - len(ok)) / len(measured) if measured else None,
             "failed_by_reason": dict(failed.most_common()),
+            "stopped_early": _stopped_early(cfg, reports),
         },
         "ttft_ms": distribution([r.token_times[0] * 1000 for r in ok if r.tokens]),
         "itl_ms": distribution([itl for r in ok for itl in _itls(r)]),
@@ -923,6 +949,34 @@ def summarise(
     return summary
 
 
+def hint(cfg: Config, reason: str) -> str:
+    """What a run whose requests all failed with ``reason`` probably got wrong."""
+    base = cfg.url.rstrip("/").removesuffix("/chat/completions")
+    if reason == "http_404" and not base.endswith("/v1"):
+        return f"did you mean {base}/v1?"
+    if reason == "http_404":
+        return (
+            f"check --url (the API's base, e.g. http://127.0.0.1:8080/v1) and --model {cfg.model!r}"
+        )
+    if reason in ("http_401", "http_403"):
+        return "check --api-key (default: $OPENAI_API_KEY) and that the key may use the model"
+    if reason == "connection":
+        return f"is a server listening at {base}?"
+    return "the endpoint refuses every request alike"
+
+
+def _stopped_early(cfg: Config, reports: Sequence[WorkerReport]) -> dict[str, Any] | None:
+    first = next((w.stopped_early for w in reports if w.stopped_early is not None), None)
+    if first is None or first.error is None:
+        return None
+    return {
+        "after": sum(len(w.results) for w in reports),
+        "reason": first.error,
+        "message": first.message,
+        "hint": hint(cfg, first.error),
+    }
+
+
 # --- output -----------------------------------------------------------------------------
 
 
@@ -930,14 +984,16 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def print_report(summary: dict[str, Any], console: Console) -> None:
-    """The human-readable tables."""
-    from rich.table import Table
+Rows = list[tuple[str, ...]]
 
+
+def report_rows(summary: dict[str, Any]) -> tuple[str, Rows, Rows]:
+    """The report as plain text: a heading, the latency table (with its header row) and
+    the figures (label, value)."""
     cfg, req, thr = summary["config"], summary["requests"], summary["throughput"]
     shape = f"rate {cfg['rate']}/s" if cfg["rate"] else f"concurrency {cfg['concurrency']}"
-    console.print(f"[bold]{cfg['url']}[/]  model {cfg['model']}  {shape}  workers {cfg['workers']}")
-    latency = Table("latency (ms)", "p50", "p90", "p99", "mean", "max", "n")
+    heading = f"{cfg['url']}  model {cfg['model']}  {shape}  workers {cfg['workers']}"
+    latency: Rows = [("latency (ms)", "p50", "p90", "p99", "mean", "max", "n")]
     for key, label in (
         ("ttft_ms", "time to first token"),
         ("itl_ms", "inter-token"),
@@ -945,44 +1001,98 @@ def print_report(summary: dict[str, Any], console: Console) -> None:
     ):
         d = summary[key]
         cells = [_fmt(d[k]) for k in ("p50", "p90", "p99", "mean", "max")]
-        latency.add_row(label, *cells, str(d["count"]))
-    figures = Table("figure", "value", show_header=False)
+        latency.append((label, *cells, str(d["count"])))
     reasons = ", ".join(f"{k} {v}" for k, v in req["failed_by_reason"].items()) or "-"
     rate = req["error_rate"]
-    figures.add_row(
-        "requests",
-        f"{req['ok']} ok, {req['failed']} failed of {req['measured']}"
-        f" (+{req['warmup']} warmup), error rate {_fmt(None if rate is None else rate * 100, 2)}%",
-    )
-    figures.add_row("failures", reasons)
-    figures.add_row(
-        "throughput",
-        f"{_fmt(thr.get('requests_per_s'))} req/s, "
-        f"{_fmt(thr.get('output_tokens_per_s'))} output tok/s "
-        f"({thr.get('output_tokens', 0)} tokens in {_fmt(thr['wall_s'], 2)} s)",
-    )
-    figures.add_row("per stream", f"{_fmt(thr.get('stream_tokens_per_s_p50'))} tok/s (median)")
     c = summary["correctness"]
-    figures.add_row(
-        "correctness",
-        f"{c['correct']}/{c['streams']} correct: [DONE] {c['done']}, "
-        f"one finish reason {c['one_finish_reason']}, usage reported "
-        f"{c['usage_reported']}, usage matches {c['usage_matches']}",
-    )
     cpu = summary["client_cpu"]
     per_worker = " ".join(f"w{w['worker']} {w['utilisation']:.0%}" for w in cpu["workers"])
-    warning = "  [bold red]CLIENT SATURATED[/]" if cpu["saturated"] else ""
-    figures.add_row(
-        "client cpu",
-        f"{per_worker}, total {cpu['total_utilisation']:.2f} of {cpu['cpu_count']} cores{warning}",
-    )
-    console.print(latency)
-    console.print(figures)
+    warning = "  CLIENT SATURATED" if cpu["saturated"] else ""
+    figures: Rows = [
+        (
+            "requests",
+            f"{req['ok']} ok, {req['failed']} failed of {req['measured']}"
+            f" (+{req['warmup']} warmup), error rate"
+            f" {_fmt(None if rate is None else rate * 100, 2)}%",
+        ),
+        ("failures", reasons),
+        (
+            "throughput",
+            f"{_fmt(thr.get('requests_per_s'))} req/s, "
+            f"{_fmt(thr.get('output_tokens_per_s'))} output tok/s "
+            f"({thr.get('output_tokens', 0)} tokens in {_fmt(thr['wall_s'], 2)} s)",
+        ),
+        ("per stream", f"{_fmt(thr.get('stream_tokens_per_s_p50'))} tok/s (median)"),
+        (
+            "correctness",
+            f"{c['correct']}/{c['streams']} correct: [DONE] {c['done']}, "
+            f"one finish reason {c['one_finish_reason']}, usage reported "
+            f"{c['usage_reported']}, usage matches {c['usage_matches']}",
+        ),
+        (
+            "client cpu",
+            f"{per_worker}, total {cpu['total_utilisation']:.2f} of {cpu['cpu_count']} cores"
+            f"{warning}",
+        ),
+    ]
+    return heading, latency, figures
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    """The human-readable tables on stdout: drawn by rich when installed, else plain."""
+    heading, latency, figures = report_rows(summary)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+    except ImportError:
+        print(plain_report(heading, latency, figures), flush=True)
+        return
+    console = Console(highlight=False)
+    console.print(Text(heading, style="bold"))
+    table = Table(*latency[0])
+    for row in latency[1:]:
+        table.add_row(*row)
+    table_of_figures = Table("figure", "value", show_header=False)
+    for label, value in figures:
+        table_of_figures.add_row(
+            label, Text(value, style="bold red" if "SATURATED" in value else "")
+        )
+    console.print(table)
+    console.print(table_of_figures)
+
+
+def plain_report(heading: str, latency: Rows, figures: Rows) -> str:
+    """The report as aligned plain text (no rich)."""
+    widths = [max(len(row[i]) for row in latency) for i in range(len(latency[0]))]
+    lines = [heading, ""]
+    for row in latency:
+        first, *rest = row
+        cells = [first.ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+    lines.append("")
+    label_width = max(len(label) for label, _ in figures)
+    lines.extend(f"{label.ljust(label_width)}  {value}" for label, value in figures)
+    return "\n".join(lines)
+
+
+class PlotUnavailable(Exception):
+    """``--plot`` was asked but matplotlib is not installed."""
 
 
 def write_plot(summary: dict[str, Any], ttft_ms: Sequence[float], path: Path) -> None:
-    """TTFT histogram and output tokens/s over time, as a PNG."""
-    import matplotlib
+    """TTFT histogram and output tokens/s over time, as a PNG.
+
+    Raises :class:`PlotUnavailable` without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotUnavailable(
+            f"--plot {path} needs matplotlib, which is not installed"
+            " (.venv/bin/pip install matplotlib); the rest of the report is complete"
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1002,6 +1112,15 @@ def write_plot(summary: dict[str, Any], ttft_ms: Sequence[float], path: Path) ->
 
 def exit_code(cfg: Config, summary: dict[str, Any]) -> int:
     """0, or 1 (with the reason on stderr) when the run should fail a pipeline."""
+    stopped = summary["requests"]["stopped_early"]
+    if stopped is not None:
+        message = f" ({stopped['message']})" if stopped["message"] else ""
+        print(
+            f"loadtest: stopped early, after {stopped['after']} requests: the first ones all"
+            f" failed with {stopped['reason']}{message}; {stopped['hint']}",
+            file=sys.stderr,
+        )
+        return 1
     rate = summary["requests"]["error_rate"]
     if rate is None:
         print("no request was measured", file=sys.stderr)
@@ -1028,15 +1147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     summary = summarise(cfg, reports, coordinator.main_cpu_s, started_at)
-    from rich.console import Console
-
-    print_report(summary, Console(highlight=False))
+    # The JSON first: nothing after it (tables, plot) can lose the measurements.
     if cfg.json_out is not None:
         cfg.json_out.write_text(json.dumps(summary, indent=2) + "\n")
+    print_report(summary)
+    status = exit_code(cfg, summary)
     if cfg.plot_out is not None:
         ok = [r for w in reports for r in w.results if r.ok and not r.warmup and r.tokens]
-        write_plot(summary, [r.token_times[0] * 1000 for r in ok], cfg.plot_out)
-    return exit_code(cfg, summary)
+        try:
+            write_plot(summary, [r.token_times[0] * 1000 for r in ok], cfg.plot_out)
+        except PlotUnavailable as exc:
+            print(f"loadtest: {exc}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

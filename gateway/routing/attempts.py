@@ -5,6 +5,14 @@ again is invisible to it. A failure is retried when the provider error says it
 may help (refused, reset, 429, 5xx, first-token timeout), with exponential
 backoff that honours ``Retry-After``; then each fallback is tried in order. When
 all fail, the most telling error is raised.
+
+After the first token a failure is visible, so by default it ends the reply. A
+route with ``continue_on_fallback`` opts into one more way out
+(:func:`continuing`): when its upstream fails or cuts the stream mid-answer, the
+next fallback is asked to continue the partial answer (the original messages
+plus an assistant message holding the text sent so far), and its events follow
+the first upstream's in the same iterator. The relay sees one stream; nothing
+is repeated; the usage is then the gateway's own count of the whole reply.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -26,7 +34,7 @@ from providers.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from providers.events import StreamEvent
+from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 
 log = structlog.get_logger("tokenpipe.attempts")
 
@@ -104,8 +112,25 @@ async def open_stream(
 ) -> Opened:
     """Start a reply on the first route that delivers a first event.
 
-    Raises the most telling :class:`ProviderError` when every attempt failed.
+    Raises the most telling :class:`ProviderError` when every attempt failed. When
+    the requested route (``routes[0]``) has ``continue_on_fallback`` and fallbacks
+    remain after the one that answered, the events continue on them
+    (:func:`continuing`).
     """
+    opened = await _open(routes, build_request, on_attempt)
+    rest = routes[routes.index(opened.route) + 1 :]
+    if routes[0].config.continue_on_fallback and rest:
+        opened.events = continuing(
+            opened.route, opened.first, opened.events, rest, build_request, on_attempt
+        )
+    return opened
+
+
+async def _open(
+    routes: list[Route],
+    build_request: Callable[[Route], ChatRequest],
+    on_attempt: AttemptObserver,
+) -> Opened:
     failures: list[ProviderError] = []
     for route in routes:
         request = build_request(route)
@@ -141,3 +166,112 @@ async def open_stream(
                 log.info("upstream_attempt_succeeded", route=route.name, attempt=attempt + 1)
             return opened
     raise min(failures, key=_rank)
+
+
+def continuation_request(request: ChatRequest, partial: str, sent: int) -> ChatRequest:
+    """``request`` asking the model to go on from ``partial`` (``sent`` tokens).
+
+    The prefix becomes the last message, an assistant one: an OpenAI-compatible
+    server (and the fake provider) then generates what follows it. Nothing else is
+    needed, but it relies on the model continuing its own prefix rather than
+    answering it; the token limit left is what the first part did not use.
+    """
+    max_tokens = request.max_tokens - sent if request.max_tokens is not None else None
+    messages = [*request.messages, {"role": "assistant", "content": partial}]
+    return replace(request, messages=messages, max_tokens=max_tokens)
+
+
+def _continuation_of(
+    build_request: Callable[[Route], ChatRequest], partial: str, sent: int
+) -> Callable[[Route], ChatRequest]:
+    def build(route: Route) -> ChatRequest:
+        return continuation_request(build_request(route), partial, sent)
+
+    return build
+
+
+async def continuing(
+    route: Route,
+    first: StreamEvent,
+    events: AsyncIterator[StreamEvent],
+    fallbacks: list[Route],
+    build_request: Callable[[Route], ChatRequest],
+    on_attempt: AttemptObserver = _ignore,
+) -> AsyncIterator[StreamEvent]:
+    """``events`` (those of ``route`` after ``first``), continued on ``fallbacks`` when cut.
+
+    A cut is a retryable :class:`ProviderError` from the iterator, or its end
+    without a :class:`Finish`. The next fallbacks are tried in order (with their
+    retries), each asked for :func:`continuation_request`; one log line
+    ``upstream_continued`` tells which route took over after how many tokens. A
+    reply holding a tool call is never continued (half a call cannot be resumed);
+    one already at its token limit finishes with ``length``. Once continued, every
+    :class:`Usage` is dropped: each upstream's count covers one part (the second
+    counts the first part as prompt), so the reply record counts the whole reply
+    itself, the prompt as the first attempt's. When no fallback can continue, the
+    first upstream's error is raised, as without the option.
+    """
+    remaining = list(fallbacks)
+    texts: list[str] = []
+    tools = finished = continued = False
+
+    def keep(event: StreamEvent) -> bool:
+        """Note what ``event`` adds to the reply; False for a usage to drop."""
+        nonlocal tools, finished
+        if type(event) is TextDelta:
+            texts.append(event.text)
+        elif type(event) is ToolCallDelta:
+            tools = True
+        elif type(event) is Finish:
+            finished = True
+        elif type(event) is Usage:
+            return not continued
+        return True
+
+    keep(first)  # the caller delivers it
+    try:
+        while True:
+            failure: ProviderError | None = None
+            try:
+                async for event in events:
+                    if keep(event):
+                        yield event
+            except ProviderError as exc:
+                if not exc.retryable:
+                    raise
+                failure = exc
+            if finished:
+                if failure is not None:
+                    raise failure  # after the finish: nothing to continue, as without
+                return
+            if failure is None:
+                failure = ProviderUnavailable(
+                    f"upstream '{route.name}' stream ended without a finish reason"
+                )
+            if tools or not remaining:
+                raise failure
+            await close_events(events)
+            partial, sent = "".join(texts), len(texts)
+            limit = build_request(remaining[0]).max_tokens
+            if limit is not None and sent >= limit:
+                yield Finish("length")
+                return
+            build = _continuation_of(build_request, partial, sent)
+            try:
+                taken = await _open(remaining, build, on_attempt)
+            except ProviderError:
+                raise failure from None
+            log.warning(
+                "upstream_continued",
+                route=route.name,
+                continued_on=taken.route.name,
+                tokens=sent,
+                error=type(failure).__name__,
+                detail=failure.message,
+            )
+            remaining = remaining[remaining.index(taken.route) + 1 :]
+            route, events, continued = taken.route, taken.events, True
+            if keep(taken.first):
+                yield taken.first
+    finally:
+        await close_events(events)

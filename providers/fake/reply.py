@@ -12,13 +12,19 @@ random generator). Two kinds:
   any work is done. Nothing of it is retained.
 
 Hashing a very large conversation runs off the event loop (:meth:`ReplyComposer.plan`).
+
+A conversation whose last message is the assistant's asks for a *continuation*
+(what a gateway sends when another upstream died mid-answer): when that message's
+text is a prefix, at a token boundary, of the reply the conversation without it
+gets, the reply is the rest of that one (so a cut reply continued here reads as
+the whole reply); otherwise it is the new reply of the whole conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
@@ -61,13 +67,36 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _seed_of(request: ChatRequest) -> _Seed:
-    messages = request.messages
+def _seed_of(messages: Sequence[dict[str, Any]], seed: int | None) -> _Seed:
     whole = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
     last_user = next(
         (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
     )
-    return _Seed(prompt_digest(whole, request.seed), last_user)
+    return _Seed(prompt_digest(whole, seed), last_user)
+
+
+def _prefix_of(messages: Sequence[dict[str, Any]]) -> str | None:
+    """The text of a last assistant message (a continuation is asked), else None."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return None
+    last = messages[-1]
+    if last.get("tool_calls"):
+        return None
+    return _text_of(last.get("content")) or None
+
+
+def _skip_prefix(tokens: Iterator[TextDelta], count: int, prefix: str) -> int | None:
+    """Consume the tokens that spell ``prefix``; how many, or None when they do not."""
+    at = taken = 0
+    while at < len(prefix):
+        if taken == count:
+            return None
+        text = next(tokens).text
+        if not prefix.startswith(text, at):
+            return None
+        at += len(text)
+        taken += 1
+    return taken
 
 
 class ReplyComposer:
@@ -84,16 +113,47 @@ class ReplyComposer:
         self, request: ChatRequest, reply_tokens: int | None, max_tokens: int | None
     ) -> ReplyPlan:
         """The reply of ``request``; a large conversation is hashed in a thread."""
-        if is_large(request.messages):
-            seed = await asyncio.to_thread(_seed_of, request)
+        messages = request.messages
+        prefix = _prefix_of(messages)
+        large = is_large(messages)
+        if prefix is not None:
+            if large:
+                seed = await asyncio.to_thread(_seed_of, messages[:-1], request.seed)
+            else:
+                seed = _seed_of(messages[:-1], request.seed)
+            plan = self._continued(seed, prefix, reply_tokens, max_tokens)
+            if plan is not None:
+                return plan
+        if large:
+            seed = await asyncio.to_thread(_seed_of, messages, request.seed)
         else:
-            seed = _seed_of(request)
+            seed = _seed_of(messages, request.seed)
         return self._plan(seed, reply_tokens, max_tokens)
 
     def reply(self, request: ChatRequest, reply_tokens: int | None) -> tuple[TextDelta, ...]:
         """The whole reply, as the stream sends it (for tests and tools)."""
-        plan = self._plan(_seed_of(request), reply_tokens, None)
+        messages = request.messages
+        prefix = _prefix_of(messages)
+        plan = None
+        if prefix is not None:
+            seed = _seed_of(messages[:-1], request.seed)
+            plan = self._continued(seed, prefix, reply_tokens, None)
+        if plan is None:
+            plan = self._plan(_seed_of(messages, request.seed), reply_tokens, None)
         return tuple(islice(plan.tokens, plan.count))
+
+    def _continued(
+        self, seed: _Seed, prefix: str, reply_tokens: int | None, max_tokens: int | None
+    ) -> ReplyPlan | None:
+        """The rest of the reply ``seed`` gets, when it starts with ``prefix``."""
+        whole = self._plan(seed, reply_tokens, None)
+        skipped = _skip_prefix(whole.tokens, whole.count, prefix)
+        if skipped is None:
+            return None
+        count = whole.count - skipped
+        if max_tokens is not None and max_tokens < count:
+            return ReplyPlan(whole.tokens, max_tokens, "length")
+        return ReplyPlan(whole.tokens, count, "stop")
 
     def clear(self) -> None:
         """Forget the cached replies."""

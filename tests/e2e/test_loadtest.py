@@ -205,7 +205,25 @@ def gateway() -> Iterator[str]:
         proc.wait()
 
 
-def run(url: str, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+#: What ``./scripts/serve`` installs lacks the dev extra: no rich, no matplotlib.
+HIDDEN = ("rich", "matplotlib")
+
+
+def hide_report_libraries(directory: Path) -> dict[str, str]:
+    """An environment whose Python (this one, and the workers it spawns) cannot import
+    :data:`HIDDEN`, as if they were not installed."""
+    for name in HIDDEN:
+        package = directory / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(
+            f"raise ModuleNotFoundError({f'No module named {name!r}'!r}, name={name!r})\n"
+        )
+    return {**os.environ, "PYTHONPATH": str(directory)}
+
+
+def run(
+    url: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], Any]:
     """Run the script to completion; return the process and its JSON report."""
     out = tmp_path / "report.json"
     command = [sys.executable, str(SCRIPT), "--url", url, "--model", "fake-fast"]
@@ -215,6 +233,7 @@ def run(url: str, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProce
         text=True,
         timeout=RUN_TIMEOUT_S,
         check=False,
+        env=env,
     )
     report = json.loads(out.read_text()) if out.exists() else None
     return proc, report
@@ -230,7 +249,15 @@ KEYS: dict[str, set[str] | None] = {
     "schema": None,
     "started_at": None,
     "config": None,
-    "requests": {"measured", "ok", "failed", "warmup", "error_rate", "failed_by_reason"},
+    "requests": {
+        "measured",
+        "ok",
+        "failed",
+        "warmup",
+        "error_rate",
+        "failed_by_reason",
+        "stopped_early",
+    },
     "ttft_ms": DISTRIBUTION,
     "itl_ms": DISTRIBUTION,
     "e2e_ms": DISTRIBUTION,
@@ -394,3 +421,41 @@ def test_duration_bounds_the_run(gateway: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert 0 < report["requests"]["measured"] < 100000
     assert report["requests"]["failed"] == 0
+
+
+def test_runs_without_rich_and_matplotlib(gateway: str, tmp_path: Path) -> None:
+    """After ``./scripts/serve`` alone (no dev extra), stdout not a terminal: a plain-text
+    report, the JSON, and one clear line for the plot that cannot be drawn."""
+    env = hide_report_libraries(tmp_path / "hidden")
+    check = subprocess.run(
+        [sys.executable, "-c", "import rich"], env=env, capture_output=True, check=False
+    )
+    assert b"No module named 'rich'" in check.stderr  # the hiding works
+    plot = tmp_path / "run.png"
+    proc, report = run(
+        gateway,
+        tmp_path,
+        *("--concurrency", "2", "--requests", "6", "--workers", "2", "--plot", str(plot)),
+        *fake(reply_tokens=10),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_all_correct(report, requests=6, tokens_each=10)
+    assert "time to first token" in proc.stdout
+    assert "correctness" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("needs matplotlib") == 1, proc.stderr
+    assert not plot.exists()
+
+
+def test_url_without_v1_stops_early_and_says_what_was_meant(gateway: str, tmp_path: Path) -> None:
+    bare = gateway.removesuffix("/v1")
+    proc, report = run(bare, tmp_path, "--concurrency", "4", "--requests", "1000")
+    assert proc.returncode == 1
+    assert f"did you mean {bare}/v1?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    stopped = report["requests"]["stopped_early"]
+    assert stopped["reason"] == "http_404"
+    assert stopped["hint"] == f"did you mean {bare}/v1?"
+    assert set(report["requests"]["failed_by_reason"]) == {"http_404"}
+    assert 20 <= report["requests"]["measured"] < 30

@@ -130,3 +130,53 @@ async def test_bad_option_names_the_field(tokenizer: Tokenizer) -> None:
     with pytest.raises(ProviderBadRequest) as bad:
         await collect(FakeProvider(tokenizer), request(tokens_per_second=-5))
     assert bad.value.param == "fake.tokens_per_second"
+
+
+# --- continuing a prefix (what the gateway asks after an upstream died mid-answer) ----
+
+
+def continued(req: ChatRequest, prefix: str, max_tokens: int | None = None) -> ChatRequest:
+    messages = [*req.messages, {"role": "assistant", "content": prefix}]
+    return ChatRequest(
+        model=req.model,
+        messages=messages,
+        seed=req.seed,
+        options=req.options,
+        max_tokens=max_tokens,
+    )
+
+
+@pytest.mark.parametrize("options", [{}, {"reply_tokens": 60}], ids=["default", "reply_tokens"])
+@pytest.mark.parametrize("cut", [1, 17])
+async def test_a_prefix_of_its_own_reply_is_continued(
+    tokenizer: Tokenizer, options: dict[str, object], cut: int
+) -> None:
+    provider = FakeProvider(tokenizer)
+    whole = [e.text for e in provider.reply(request(**options), options.get("reply_tokens"))]  # type: ignore[arg-type]
+    prefix = "".join(whole[:cut])
+    events = await collect(provider, continued(request(**options), prefix))
+    texts = [e.text for e in events if isinstance(e, TextDelta)]
+    assert prefix + "".join(texts) == "".join(whole)
+    assert texts == whole[cut:]
+    assert [e for e in events if isinstance(e, Finish)] == [Finish("stop")]
+    usage = events[-1]
+    assert isinstance(usage, Usage)
+    assert usage.completion_tokens == len(whole) - cut
+
+
+async def test_a_continuation_honours_max_tokens(tokenizer: Tokenizer) -> None:
+    provider = FakeProvider(tokenizer)
+    whole = [e.text for e in provider.reply(request(), None)]
+    events = await collect(provider, continued(request(), "".join(whole[:5]), max_tokens=3))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == whole[5:8]
+    assert Finish("length") in events
+
+
+async def test_a_foreign_prefix_gets_a_new_reply(tokenizer: Tokenizer) -> None:
+    provider = FakeProvider(tokenizer)
+    own = "".join(e.text for e in provider.reply(request(), None))
+    foreign = continued(request(), "Hello world, héllo")
+    texts = "".join(e.text for e in await collect(provider, foreign) if isinstance(e, TextDelta))
+    assert texts
+    assert texts != own
+    assert texts == "".join(e.text for e in provider.reply(foreign, None))  # deterministic
