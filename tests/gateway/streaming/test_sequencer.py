@@ -22,3 +22,12 @@ def test_one_respects_a_resuming_readers_position() -> None:
     reader.start()  # event 1: dropped
     assert reader.one(encoder.text("a")) == b""  # event 2: dropped
     assert reader.one(encoder.text("b")).startswith(b"id: 3\n")
+
+
+def test_one_numbers_every_event_when_a_token_opens_an_item() -> None:
+    """Regression: the Responses encoder's first token is three events (item, part, delta)."""
+    encoder = ChunkEncoder(id="chatcmpl-x", created=1, model="m", include_usage=False)
+    fast, general = Sequencer(encoder), Sequencer(encoder)
+    frames = encoder.text("a") + encoder.text("b") + encoder.text("c")
+    assert fast.one(frames) == general.number(frames)
+    assert fast.one(frames).count(b"id: ") == 3
