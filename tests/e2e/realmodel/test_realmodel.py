@@ -332,3 +332,43 @@ async def test_streamed_usage_counts_chunks_within_one_token_for_ascii(
     assert upstream.usage is not None
     assert relayed.usage is not None
     assert abs(relayed.usage["completion_tokens"] - upstream.usage.completion_tokens) <= 1
+
+
+async def test_every_dialect_through_the_real_model(
+    direct: AsyncOpenAI, gateway: AsyncOpenAI
+) -> None:
+    """The Responses and Messages doors stream the same greedy text as a direct call."""
+    import anthropic
+
+    prompt = "Name three colours."
+    await warm(direct, prompt)
+    expected = await direct.chat.completions.create(
+        model=MODEL_ALIAS, messages=user(prompt), max_tokens=16, **GREEDY
+    )
+    want = expected.choices[0].message.content or ""
+    assert want
+
+    await warm(direct, prompt)
+    texts: list[str] = []
+    async with gateway.responses.stream(
+        model=ROUTE, input=prompt, max_output_tokens=16, temperature=0
+    ) as events:
+        async for event in events:
+            if event.type == "response.output_text.delta":
+                texts.append(event.delta)
+    assert "".join(texts) == want
+
+    await warm(direct, prompt)
+    base = str(gateway.base_url).removesuffix("/v1/").removesuffix("/v1")
+    claude = anthropic.AsyncAnthropic(base_url=base, api_key="unused", max_retries=0)
+    async with (
+        claude,
+        claude.messages.stream(
+            model=ROUTE,
+            max_tokens=16,
+            messages=user(prompt),
+            extra_body={"temperature": 0},
+        ) as messages,
+    ):
+        got = "".join([text async for text in messages.text_stream])
+    assert got == want
