@@ -139,6 +139,19 @@ class MessagesRequest(OpenModel):
         """The encoder of this request's stream."""
         return MessagesEncoder(id=reply_id, model=self.model)
 
+    def pending(self, reply_id: str, created: int) -> dict[str, Any]:
+        """A reply still running (the Messages API has no background mode; a resumed
+        read of a live reply answers this)."""
+        return {
+            "id": reply_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "status": "in_progress",
+        }
+
     def completion(self, reply: Completed) -> dict[str, Any]:
         """The whole ``message`` object."""
         content: list[dict[str, Any]] = []

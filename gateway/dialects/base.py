@@ -107,6 +107,10 @@ class DialectRequest(Protocol):
         """The non-streaming answer's body."""
         ...
 
+    def pending(self, reply_id: str, created: int) -> dict[str, Any]:
+        """The answer to a background reply still running (``status: in_progress``)."""
+        ...
+
 
 class Dialect(Protocol):
     """One inbound wire format."""

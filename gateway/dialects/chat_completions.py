@@ -131,6 +131,16 @@ class ChatCompletionRequest(_Open):
             id=reply_id, created=created, model=self.model, include_usage=self.include_usage
         )
 
+    def pending(self, reply_id: str, created: int) -> dict[str, Any]:
+        """A background reply still running."""
+        return {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": self.model,
+            "status": "in_progress",
+        }
+
     def completion(self, reply: Completed) -> dict[str, Any]:
         """The ``chat.completion`` body."""
         return completion_body(

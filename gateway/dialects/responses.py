@@ -105,6 +105,7 @@ class ResponsesRequest(OpenModel):
             seed=self.seed,
             params=params,
             fake=self.fake,
+            background=bool(self.background),
         )
 
     def _response_format(self) -> dict[str, Any] | None:
@@ -150,6 +151,10 @@ class ResponsesRequest(OpenModel):
     def encoder(self, reply_id: str, created: int) -> ResponsesEncoder:
         """The encoder of this request's stream."""
         return ResponsesEncoder(ResponseShell(reply_id, created, self.model, self.echo()))
+
+    def pending(self, reply_id: str, created: int) -> dict[str, Any]:
+        """The ``response`` object of a background reply still running."""
+        return ResponseShell(reply_id, created, self.model, self.echo()).response("in_progress", [])
 
     def completion(self, reply: Completed) -> dict[str, Any]:
         """The whole ``response`` object."""

@@ -122,16 +122,7 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
     if inbound.stream:
         return await session.run()
     session.start()
-    return json_response(
-        {
-            "id": record.reply_id,
-            "object": "chat.completion",
-            "created": record.created,
-            "model": inbound.model,
-            "status": "in_progress",
-        },
-        headers=headers,
-    )
+    return json_response(parsed.pending(record.reply_id, record.created), headers=headers)
 
 
 async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:

@@ -87,7 +87,7 @@ async def get_reply(request: web.Request) -> web.StreamResponse:
     entries = await view.snapshot()
     status = {"id": meta.reply_id, "object": "chat.completion", "created": meta.created}
     if not entries or type(entries[-1]) is not Ended:
-        return json_response({**status, "status": "in_progress"})
+        return json_response(parsed.pending(meta.reply_id, meta.created))
     last = entries[-1]
     if last.error is not None:
         return json_response({**status, "status": "failed", "error": last.error})
