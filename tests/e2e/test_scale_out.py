@@ -73,11 +73,7 @@ class Topology:
 
     def finished_on(self, replica: GatewayProcess) -> list[dict[str, Any]]:
         """The ``stream_finished`` log events of one replica so far."""
-        events = []
-        for line in replica.logs().splitlines():
-            if line.startswith("{") and '"stream_finished"' in line:
-                events.append(orjson.loads(line))
-        return events
+        return replica.log_events("stream_finished")
 
 
 @pytest.fixture

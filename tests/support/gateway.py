@@ -10,6 +10,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from tests.support.ports import free_port
 
@@ -51,6 +54,19 @@ class GatewayProcess:
             return ""
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
+
+    def log_events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON log events written so far (``name``: only those), whole lines only:
+        the process may be writing the last one as it is read."""
+        found: list[dict[str, Any]] = []
+        for line in self.logs().split("\n")[:-1]:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a traceback line, or anything else not JSON
+            if isinstance(entry, dict) and (name is None or entry.get("event") == name):
+                found.append(entry)
+        return found
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -127,36 +127,34 @@ def test_stalled_readers_bounded_memory_and_others_stay_fast(
         sock.connect(("127.0.0.1", proc.port))
         sock.sendall(request)
         stalled.append(sock)
-    time.sleep(1.0)
-    peak = process.memory_info().rss
-    # Another client is served promptly while thirty are stuck.
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", proc.port)) as sock:
-        small = orjson.dumps(chat(max_tokens=20))
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-            + f"Content-Length: {len(small)}\r\n\r\n".encode()
-            + small
-        )
-        reply = read_all(sock, timeout=10)
-    served_in = time.monotonic() - started
-    assert b"data: [DONE]" in reply
-    assert served_in < 5
-    # The send timeout drops them all, each with its upstream work cancelled.
-    deadline = time.monotonic() + 30
-    reasons: list[str] = []
-    while time.monotonic() < deadline:
-        reasons = [
-            line["reason"]
-            for line in map(orjson.loads, proc.logs().splitlines())
-            if line.get("event") == "stream_finished"
-        ]
-        if reasons.count("send_timeout") >= 30:
-            break
-        time.sleep(0.2)
-    assert reasons.count("send_timeout") == 30, reasons
-    for sock in stalled:
-        sock.close()
+    try:
+        time.sleep(1.0)
+        peak = process.memory_info().rss
+        # Another client is served promptly while thirty are stuck.
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+            small = orjson.dumps(chat(max_tokens=20))
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                + f"Content-Length: {len(small)}\r\n\r\n".encode()
+                + small
+            )
+            reply = read_all(sock, timeout=10)
+        served_in = time.monotonic() - started
+        assert b"data: [DONE]" in reply
+        assert served_in < 5
+        # The send timeout drops them all, each with its upstream work cancelled.
+        deadline = time.monotonic() + 30
+        reasons: list[str] = []
+        while time.monotonic() < deadline:
+            reasons = [line["reason"] for line in proc.log_events("stream_finished")]
+            if reasons.count("send_timeout") >= 30:
+                break
+            time.sleep(0.2)
+        assert reasons.count("send_timeout") == 30, reasons
+    finally:
+        for sock in stalled:
+            sock.close()
     growth_mb = (peak - before) / 2**20
     assert growth_mb < 40, f"RSS grew {growth_mb:.1f} MB for 30 stalled readers"
     health = orjson.loads(read_health(proc.port))

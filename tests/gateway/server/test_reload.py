@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -37,15 +36,7 @@ def auth(keys: dict[str, str]) -> dict[str, Any]:
 
 
 def events(proc: GatewayProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in proc.logs().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == name:
-            found.append(entry)
-    return found
+    return proc.log_events(name)
 
 
 async def wait_event(proc: GatewayProcess, name: str, count: int = 1) -> list[dict[str, Any]]:
