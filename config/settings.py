@@ -215,6 +215,11 @@ class Settings(BaseSettings):
     metrics: bool = True
     """Record metrics and the dashboard's numbers. It exists to measure what they cost:
     false skips every per-request observation, and ``/metrics`` and the dashboard stay at zero."""
+    resumable: bool = True
+    """Streams carry SSE ``id:`` and ``retry:`` and go into the reply log: resumable with
+    ``Last-Event-ID``, cancellable, readable from another replica. False streams events
+    as they come, with neither (and refuses ``background``); it exists for clients that
+    cannot take ``id:`` lines, and to measure what resuming costs."""
     resume_ttl_seconds: float = Field(300.0, ge=0)
     """A streamed or background reply stays resumable this long after it ended."""
     detach_grace_seconds: float = Field(0.0, ge=0)

@@ -18,7 +18,7 @@ from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.dialects.base import Dialect
 from gateway.dialects.chat_completions import CHAT_COMPLETIONS
 from gateway.dialects.responses import RESPONSES
-from gateway.errors import Overloaded, ShuttingDown
+from gateway.errors import BadRequest, Overloaded, ShuttingDown
 from gateway.http.body import read_body
 from gateway.http.middleware import DIALECT_KEY, REQUEST_ID, REQUEST_ID_KEY, json_response
 from gateway.http.offload import parse_body
@@ -28,12 +28,9 @@ from gateway.state import STATE
 from gateway.streaming.collector import collect
 from gateway.streaming.record import ReplyRecord
 from gateway.streaming.relay import StreamSession
-from gateway.streaming.replylog import ReplyMeta, new_reply_id, new_token
+from gateway.streaming.replylog import ReplyLog, ReplyMeta, UnloggedReply, new_reply_id, new_token
 
 log = structlog.get_logger("tokenpipe.http")
-
-#: The per-reply read token's header (also accepted as ``?token=``).
-RESUME_TOKEN = "X-Resume-Token"
 
 #: The per-reply read token's header (also accepted as ``?token=``).
 RESUME_TOKEN = "X-Resume-Token"
@@ -58,6 +55,11 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
     held.extend(routes)
     state.gate.check_model(identity, inbound.model)
     structlog.contextvars.bind_contextvars(model=inbound.model, stream=inbound.stream)
+    if inbound.background and not settings.resumable:
+        raise BadRequest(
+            "Background replies need the reply log, which this gateway has off (resumable: false).",
+            param="background",
+        )
     if state.draining:
         log.info("stream_finished", reason="rejected", detail="draining")
         raise ShuttingDown(
@@ -93,19 +95,21 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
         with state.track(record):
             return json_response(await collect(record, parsed), headers=headers)
     # Streamed and background replies go into a reply log: resumable, cancellable.
-    token = new_token()
-    reply_log = await state.reply_logs.create(
-        ReplyMeta(
-            reply_id=record.reply_id,
-            dialect=dialect.name,
-            body=body,
-            created=record.created,
-            token=token,
-            key=record.key,
-            background=inbound.background,
-        )
+    meta = ReplyMeta(
+        reply_id=record.reply_id,
+        dialect=dialect.name,
+        body=body,
+        created=record.created,
+        token=new_token() if settings.resumable else "",
+        key=record.key,
+        background=inbound.background,
     )
-    headers[RESUME_TOKEN] = token
+    reply_log: ReplyLog
+    if settings.resumable:
+        reply_log = await state.reply_logs.create(meta)
+        headers[RESUME_TOKEN] = meta.token
+    else:
+        reply_log = UnloggedReply(meta)  # no ids, nothing kept: not resumable
     session = StreamSession(
         request if inbound.stream else None,
         record,
@@ -118,6 +122,7 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
         retry_ms=settings.resume_retry_ms,
         background=inbound.background,
         detach_grace=settings.detach_grace_seconds,
+        ids=settings.resumable,
     )
     if inbound.stream:
         return await session.run()

@@ -67,11 +67,12 @@ class StreamSession:
         retry_ms: int = 1000,
         background: bool = False,
         detach_grace: float = 0.0,
+        ids: bool = True,
     ) -> None:
         self.record = record
         self.encoder = encoder
         self.reply_log = reply_log
-        self.sequencer = Sequencer(encoder, retry_ms=retry_ms)
+        self.sequencer = Sequencer(encoder, retry_ms=retry_ms, ids=ids)
         #: The creating response, while attached.
         self.primary: EventStream | None = None
         if http_request is not None:

@@ -94,6 +94,22 @@ class ReplyLog(Protocol):
         ...
 
 
+class UnloggedReply:
+    """The log of a reply that is not resumable (``resumable: false``): keeps nothing."""
+
+    __slots__ = ("meta", "on_cancel")
+
+    def __init__(self, meta: ReplyMeta) -> None:
+        self.meta = meta
+        self.on_cancel: Callable[[], None] | None = None
+
+    def append(self, entry: LogEntry) -> None:
+        return None
+
+    def attached(self) -> bool:
+        return False
+
+
 class ReplyView(Protocol):
     """A reader's handle on one reply's log."""
 
@@ -142,17 +158,23 @@ class Sequencer:
     are dropped (the reader had them); the first event sent carries ``retry``.
     """
 
-    __slots__ = ("_retry", "after", "encoder", "seq", "started")
+    __slots__ = ("_ids", "_retry", "after", "encoder", "seq", "started")
 
-    def __init__(self, encoder: Encoder, *, after: int = 0, retry_ms: int | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder, *, after: int = 0, retry_ms: int | None = None, ids: bool = True
+    ) -> None:
         self.encoder = encoder
         self.after = after
         self.seq = 0
         self.started = False
-        self._retry = retry_ms
+        self._retry = retry_ms if ids else None
+        #: False: frames pass unnumbered (``resumable: false``).
+        self._ids = ids
 
     def number(self, frames: bytes) -> bytes:
         """Number the events in ``frames`` (the next ones of the stream)."""
+        if not self._ids:
+            return frames
         out, self.seq = framer.with_ids(frames, self.seq, self.after)
         if out and self._retry is not None:
             out = framer.with_retry(out, self._retry)
@@ -162,6 +184,8 @@ class Sequencer:
     def one(self, frames: bytes) -> bytes:
         """:meth:`number` for a token's frames: the hot path, for the common case of
         one event (a dialect may open an item with the first token: then in general)."""
+        if not self._ids:
+            return frames
         if self._retry is None and self.after == 0 and frames.count(framer.END) == 1:
             self.seq += 1
             return b"id: %d\n" % self.seq + frames
