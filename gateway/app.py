@@ -17,7 +17,7 @@ from gateway.admission.store import StateStore
 from gateway.http import admin, health, models, replies, resume
 from gateway.http.access_log import access_log_middleware
 from gateway.http.expect import expect_within_limit
-from gateway.http.middleware import count_requests, error_middleware
+from gateway.http.middleware import RequestCounter, error_middleware
 from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
 from gateway.observability.dashboard import Dashboard, setup_dashboard
@@ -91,10 +91,8 @@ def create_app(
     settings = settings or Settings()
     if overrides is None:
         overrides = {"config": settings.config} if settings.config else {}
-    # Without metrics the counting middleware is not installed at all: no cost per request.
-    counting = [count_requests] if settings.metrics else []
     app = web.Application(
-        middlewares=[*counting, error_middleware, admin.admin_guard],
+        middlewares=[error_middleware],
         # Enforced by ``gateway.http.body.read_body`` too, with a clearer message.
         client_max_size=settings.max_body_bytes,
     )
@@ -125,7 +123,13 @@ def create_app(
     app.router.add_post("/admin/reload", admin.reload_config)
     app.router.add_get("/healthz", health.healthz)
     setup_ui(app)
-    setup_dashboard(app, Dashboard(live, draining=lambda: STATE in app and app[STATE].draining))
+    setup_dashboard(
+        app,
+        Dashboard(live, draining=lambda: STATE in app and app[STATE].draining),
+        guard=admin.require_admin,
+    )
     setup_origin_policy(app, settings)
-    app.middlewares.insert(0, access_log_middleware())
+    # Without metrics nothing counts requests: no cost per request.
+    counter = RequestCounter() if settings.metrics else None
+    app.middlewares.insert(0, access_log_middleware(counter=counter))
     return app

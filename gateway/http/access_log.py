@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from gateway.http.middleware import REQUEST_ID_KEY
+from gateway.http.middleware import REQUEST_ID_KEY, RequestCounter
 from gateway.observability.log_throttle import LogThrottle
 
 log = structlog.get_logger("tokenpipe.access")
@@ -31,13 +31,17 @@ def _bytes_sent(response: web.StreamResponse) -> int:
     return 0
 
 
-def access_log_middleware(throttle: LogThrottle | None = None) -> Middleware:
-    """The access-log middleware (outermost: it sees every answer and its time)."""
+def access_log_middleware(
+    throttle: LogThrottle | None = None, counter: RequestCounter | None = None
+) -> Middleware:
+    """The access-log middleware (outermost: it sees every answer and its time); it
+    tells ``counter`` (the request metrics) too, when metrics are on."""
     errors = throttle or LogThrottle()
 
     @web.middleware
     async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
+        endpoint = counter.started(request) if counter is not None else ""
         status = 500
         response: web.StreamResponse | None = None
         try:
@@ -51,6 +55,8 @@ def access_log_middleware(throttle: LogThrottle | None = None) -> Middleware:
             status = 499  # cancelled: the client went away
             raise
         finally:
+            if counter is not None:
+                counter.ended(request, endpoint, status)
             fields = {
                 "method": request.method,
                 "path": request.path,

@@ -8,7 +8,6 @@ gateway, except the reload: from a loopback client only.
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from gateway.errors import BadRequest, Forbidden
 from gateway.http.middleware import json_response
@@ -58,15 +57,3 @@ async def reload_config(request: web.Request) -> web.Response:
             code="invalid_config",
         ) from None
     return json_response({"object": "config.reload", "status": "reloaded", **changes.as_dict()})
-
-
-#: Paths only the admin key opens when keys are configured (besides the handlers above).
-ADMIN_PATHS = frozenset({"/dashboard/events"})
-
-
-@web.middleware
-async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The dashboard's event stream needs the admin key when keys are on."""
-    if request.path in ADMIN_PATHS:
-        require_admin(request)
-    return await handler(request)

@@ -16,6 +16,8 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
             f"The request body is {request.content_length} bytes; the limit is {limit}."
         )
     try:
+        if request.content.is_eof():  # the whole body is here: reading cannot wait
+            return await request.read()
         async with asyncio.timeout(seconds):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 
@@ -98,21 +97,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-@web.middleware
-async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``tokenpipe_requests_total{endpoint, status}``, and the dashboard's requests/s.
+class RequestCounter:
+    """``tokenpipe_requests_total{endpoint, status}`` and the dashboard's requests/s,
+    told by the access-log middleware (the outermost: it sees every answer, errors
+    included; a request whose client left before its end counts as 499, nginx's
+    "client closed request")."""
 
-    Outermost, so it sees the status of every answer, errors included; a request
-    whose client left before its end counts as 499 (nginx's "client closed request").
-    """
-    resource = request.match_info.route.resource
-    endpoint = resource.canonical if resource is not None else "other"
-    if endpoint.startswith("/v1/"):
-        request.app[DASHBOARD].stats.record_request()
-    try:
-        response = await handler(request)
-    except asyncio.CancelledError:
-        request.app[METRICS].observe_request(endpoint, 499)
-        raise
-    request.app[METRICS].observe_request(endpoint, response.status)
-    return response
+    __slots__ = ()
+
+    def started(self, request: web.Request) -> str:
+        """Count ``request`` for the dashboard; its endpoint, for :meth:`ended`."""
+        resource = request.match_info.route.resource
+        endpoint = resource.canonical if resource is not None else "other"
+        if endpoint.startswith("/v1/"):
+            request.app[DASHBOARD].stats.record_request()
+        return endpoint
+
+    def ended(self, request: web.Request, endpoint: str, status: int) -> None:
+        request.app[METRICS].observe_request(endpoint, status)

@@ -67,6 +67,7 @@ def _resumed_id(request: web.Request) -> int:
 
 async def dashboard_events(request: web.Request) -> web.StreamResponse:
     """``GET /dashboard/events``: ``event: stats`` once per interval, until draining."""
+    request.app[_GUARD](request)  # the admin key, when keys are on
     dash = request.app[DASHBOARD]
     stream = EventStream(request, headers={}, send_timeout=dash.send_timeout)
     loop = asyncio.get_running_loop()
@@ -104,6 +105,9 @@ async def dashboard_page(request: web.Request) -> web.Response:
 
 
 _PAGE = web.AppKey("dashboard_page", ui.StaticFile)
+#: Raises (401) unless the request may read the dashboard's events.
+Guard = Callable[[web.Request], None]
+_GUARD = web.AppKey("dashboard_guard", Guard)
 
 
 async def _publishing(app: web.Application) -> AsyncIterator[None]:
@@ -116,14 +120,21 @@ async def _publishing(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-def setup_dashboard(app: web.Application, dashboard: Dashboard) -> None:
+def _open_to_all(request: web.Request) -> None:
+    return None
+
+
+def setup_dashboard(
+    app: web.Application, dashboard: Dashboard, *, guard: Guard = _open_to_all
+) -> None:
     """Add ``GET /dashboard`` and ``GET /dashboard/events``, and the sibling publisher.
 
     The page's scripts and styles are served by :func:`gateway.http.static.setup_ui`'s
-    ``/static/{name}``. Guarding ``/dashboard/events`` with the admin key is the
-    app's middleware's job; the page asks for the key when it gets a 401.
+    ``/static/{name}``. ``guard`` checks each ``/dashboard/events`` request (the
+    admin key, when keys are on); the page asks for the key when it gets a 401.
     """
     app[DASHBOARD] = dashboard
+    app[_GUARD] = guard
     app[_PAGE] = ui.load_static_files()["dashboard.html"]
     app.cleanup_ctx.append(_publishing)
     app.router.add_get("/dashboard", dashboard_page, name="dashboard")

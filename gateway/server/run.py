@@ -14,6 +14,7 @@ With ``workers > 1``, :mod:`gateway.server.workers` runs that many of these.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -133,6 +134,10 @@ async def run_server(
             runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024
         )
         await site.start()
+        # Everything alive now (modules, the SDK's types, settings) lives as long as the
+        # process: out of the collector's sight, a full collection walks only what
+        # requests allocate, not the ~0.5M start-up objects (pauses of tens of ms).
+        gc.freeze()
         log.info("gateway_listening", host=settings.host, port=settings.port, pid=os.getpid())
         signum = await _wait_for_signal()
         log.info("shutdown_requested", signal=signal.Signals(signum).name)

@@ -278,15 +278,20 @@ class StreamSession:
         watchdog.last_event = loop.time()
         watchdog.idle = opened.route.config.timeouts.idle
         watchdog.arm()
+        event = opened.first
+        # The opening frames leave with the first token: the status line, the headers,
+        # the opening and the first token in one write (TTFT: one system call, not two).
+        head = self.sequencer.start()
         primary = self.primary
         if primary is not None:
             try:
                 await primary.open()
-                await primary.send(self.sequencer.start())
+                if type(event) is not TextDelta:
+                    await primary.send(head)
+                    head = b""
             except (ClientGone, SendTimeout) as exc:
                 self._lost(exc)
 
-        event = opened.first
         events = opened.events
         texts = record.texts
         text_frame = encoder.text
@@ -301,8 +306,12 @@ class StreamSession:
                     record.first_token_at = time.perf_counter()
                 texts.append(text)
                 if primary is not None:
+                    frame = one(text_frame(text))
+                    if head:
+                        frame = head + frame
+                        head = b""
                     try:
-                        await primary.send(one(text_frame(text)))
+                        await primary.send(frame)
                     except (ClientGone, SendTimeout) as exc:
                         self._lost(exc)
                 if meter is not None and len(texts) >= meter.next_debit:

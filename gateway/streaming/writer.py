@@ -154,6 +154,9 @@ class EventStream:
         if transport is None or transport.is_closing():
             return
         try:
+            if not transport.get_write_buffer_size():  # nothing queued: it cannot wait
+                await self._response.write_eof()
+                return
             async with asyncio.timeout(self._send_timeout):
                 await self._response.write_eof()
         except (TimeoutError, ConnectionError):

@@ -9,9 +9,6 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from config import Settings
-from gateway.app import create_app
-from gateway.http.middleware import count_requests
 from tests.support.gateway import GatewayProcess, MakeGateway
 
 
@@ -152,10 +149,3 @@ async def test_metrics_off_observes_nothing(make_gateway: MakeGateway) -> None:
     assert stats["in_flight"] == 0
     assert stats["replies_60s"] == 0
     assert stats["requests_per_s_60s"] == 0
-
-
-def test_metrics_off_installs_no_counting_middleware() -> None:
-    on = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
-    off = create_app(Settings(_env_file=None, metrics=False))  # type: ignore[call-arg]
-    assert count_requests in on.middlewares
-    assert count_requests not in off.middlewares

@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""What each feature costs: tokenpipe configurations measured against each other, interleaved.
+
+The machine this runs on is shared and noisy: two runs of the same code a minute apart
+differ by more than most features cost. So every configuration (a *variant*) runs as
+its own gateway process at once, all pinned to one core, the upstream and the load to
+the other (as in ``scripts/bench.py``, whose upstream, bare relay and load generator
+this reuses), and the measurements interleave them:
+
+* ``ttft``   sequential 5-token streamed requests, one to each variant in turn (the
+             order rotates every round), ``--ttft`` rounds: p50 per variant, and what
+             it adds over the direct upstream;
+* ``paced``  200 streams at 50 tokens/s each for ``--paced-seconds``, each variant in
+             turn, ``--rounds`` rounds: CPU ms per 1,000 tokens of the variant's process
+             (median of rounds), and its ratio to the first variant's in the same round;
+* ``held``   ``--held`` slow streams held open, once per variant: RSS per open stream.
+
+Variants (``--variants``, comma-separated; the first is the reference for ratios):
+
+* ``bare``         the bare aiohttp relay (the floor for any relay)
+* ``plain``        tokenpipe with ``metrics: false`` and ``resumable: false``
+* ``default``      tokenpipe as configured out of the box (ids and the in-memory reply log,
+                   metrics, access log, Host/CORS checks), no keys
+* ``no-metrics``   default with ``metrics: false``
+* ``no-resume``    default with ``resumable: false``
+* ``keys``         default plus one API key with every limit (in-process store): every
+                   feature of this turn on
+* ``keys-redis``   ``keys`` with ``redis_url`` (a redis-server started here): limits and the
+                   reply log in Redis
+
+    .venv/bin/python scripts/bench_variants.py --variants bare,default,keys
+    .venv/bin/python scripts/bench_variants.py --variants default,no-metrics --only paced
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench
+
+KEY = """
+auth:
+  keys:
+    - name: bench
+      key: none
+      rpm: 100000000
+      tpm: 100000000000
+      max_streams: 100000
+      budget_tokens: 1000000000000
+"""
+PRESETS: dict[str, str | None] = {
+    "bare": None,
+    "plain": "metrics: false\nresumable: false\n",
+    "default": "",
+    "no-metrics": "metrics: false\n",
+    "no-resume": "resumable: false\n",
+    "keys": KEY,
+    "keys-redis": KEY + "redis_url: {redis}\n",
+}
+MEASURES = ("ttft", "paced", "held")
+
+
+def _variants(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant(s): {', '.join(unknown)}")
+    return names
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Any:
+    """A throwaway redis-server on a free port (no persistence), when one is installed."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = bench.free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                bench.socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def ttft_round_robin(
+    targets: dict[str, bench.Target], servers: dict[str, bench.Server], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """TTFT in ms of one short stream to each target in turn, ``rounds`` times; and the
+    CPU ms per request each target's process spent on them."""
+    got: dict[str, list[float]] = {name: [] for name in targets}
+    cpu = dict.fromkeys(targets, 0.0)
+    names = list(targets)
+    bodies = {name: t.body(5, 0.0) for name, t in targets.items()}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for name in names:  # warm: connections, caches
+            for _ in range(5):
+                await bench.read_stream(session, targets[name], bodies[name])
+        for i in range(rounds):
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                before = servers[name].cpu_seconds()
+                result = await bench.read_stream(session, targets[name], bodies[name])
+                cpu[name] += servers[name].cpu_seconds() - before
+                if result.ttft is not None and result.done:
+                    got[name].append(result.ttft * 1000)
+    return got, {name: spent * 1000 / rounds for name, spent in cpu.items()}
+
+
+async def paced(
+    target: bench.Target, server: bench.Server, side: list[bench.Server], seconds: float
+) -> float:
+    """CPU ms per 1,000 tokens of 200 streams at 50 tokens/s for ``seconds``."""
+    b = bench.Bench(target, server, side)
+    try:
+        await b.warm(20)
+        run = await b.run(200, int(seconds / bench.PACE), bench.PACE)
+        bench._check(run, f"{target.name} paced")
+        return run.cpu_ms_per_1k()
+    finally:
+        await b.close()
+
+
+async def held(target: bench.Target, server: bench.Server, streams: int) -> dict[str, float]:
+    b = bench.Bench(target, server, [])
+    try:
+        return await b.held(streams, 2.0)
+    finally:
+        await b.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", type=_variants, default=_variants("bare,default,keys"))
+    parser.add_argument("--only", default=",".join(MEASURES), help="ttft,paced,held")
+    parser.add_argument("--ttft", type=int, default=300, help="rounds of the TTFT measure")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the paced measure")
+    parser.add_argument("--paced-seconds", type=float, default=6.0)
+    parser.add_argument("--held", type=int, default=1000, help="streams held open")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON")
+    args = parser.parse_args()
+    measures = [m for m in args.only.split(",") if m]
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="tokenpipe-variants-") as tmp:
+        results = run(args, measures, Path(tmp))
+    payload = {
+        "command": " ".join(["python", "scripts/bench_variants.py", *sys.argv[1:]]),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "results": results,
+    }
+    print()
+    print(report(results, args.variants))
+    if args.json:
+        args.json.write_text(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+
+
+def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[str, Any]:
+    gen_core, test_core = bench._cores()
+    if gen_core is not None:
+        os.sched_setaffinity(0, gen_core)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    env = {**os.environ, "TOKENPIPE_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
+    me = [sys.executable, str(Path(bench.__file__).resolve())]
+    servers: dict[str, bench.Server] = {}
+    with contextlib.ExitStack() as stack:
+        port = bench.free_port()
+        upstream = bench.start_server(
+            "direct",
+            [*me, "upstream", "--port", str(port)],
+            port,
+            gen_core,
+            workdir / "upstream.log",
+            env,
+        )
+        stack.callback(upstream.stop)
+        redis = ""
+        if any("{redis}" in (PRESETS[v] or "") for v in args.variants):
+            redis = stack.enter_context(redis_server(workdir))
+        for name in args.variants:
+            port = bench.free_port()
+            extra = PRESETS[name]
+            if extra is None:
+                command = [*me, "bare-relay", "--port", str(port), "--upstream", upstream.base_url]
+            else:
+                config = workdir / f"{name}.yaml"
+                config.write_text(
+                    "models:\n  - name: relay\n    provider: openai\n"
+                    f"    base_url: {upstream.base_url}\n    api_key: none\n"
+                    + extra.replace("{redis}", redis)
+                )
+                command = [sys.executable, "-m", "gateway", "--host", "127.0.0.1"]
+                command += ["--port", str(port), "--config", str(config)]
+            server = bench.start_server(
+                name, command, port, test_core, workdir / f"{name}.log", env
+            )
+            stack.callback(server.stop)
+            servers[name] = server
+        targets = {
+            name: bench.Target(
+                name, s.base_url, "bench" if PRESETS[name] is None else "relay", False
+            )
+            for name, s in servers.items()
+        }
+        results: dict[str, Any] = {name: {} for name in servers}
+        if "ttft" in measures:
+            print(f"ttft: {args.ttft} rounds over direct + {', '.join(servers)}")
+            direct = bench.Target("direct", upstream.base_url, "bench", False)
+            got, cpu = asyncio.run(
+                ttft_round_robin(
+                    {"direct": direct, **targets}, {"direct": upstream, **servers}, args.ttft
+                )
+            )
+            direct_p50 = statistics.median(got.pop("direct"))
+            results["direct"] = {"ttft_p50_ms": direct_p50, "cpu_ms_per_request": cpu["direct"]}
+            for name, values in got.items():
+                p50 = statistics.median(values)
+                results[name]["ttft_p50_ms"] = p50
+                results[name]["ttft_added_ms"] = p50 - direct_p50
+                results[name]["cpu_ms_per_request"] = cpu[name]
+                print(
+                    f"  {name:12s} p50 {p50:.3f} ms (+{p50 - direct_p50:.3f}), "
+                    f"CPU {cpu[name]:.3f} ms per request"
+                )
+        if "paced" in measures:
+            rounds: list[dict[str, float]] = []
+            names = list(servers)
+            for i in range(args.rounds):
+                shift = i % len(names)
+                this: dict[str, float] = {}
+                for name in names[shift:] + names[:shift]:
+                    this[name] = asyncio.run(
+                        paced(targets[name], servers[name], [upstream], args.paced_seconds)
+                    )
+                    print(f"  paced round {i + 1} {name:12s} {this[name]:.1f} CPU ms/1k tokens")
+                rounds.append(this)
+            ref = names[0]
+            for name in names:
+                values = [r[name] for r in rounds]
+                ratios = [r[name] / r[ref] for r in rounds]
+                results[name]["paced_cpu_ms_per_1k"] = statistics.median(values)
+                results[name]["paced_rounds"] = values
+                results[name]["paced_ratio_to_" + ref] = statistics.median(ratios)
+        if "held" in measures:
+            for name in servers:
+                results[name]["held"] = asyncio.run(held(targets[name], servers[name], args.held))
+                print(f"  held {name:12s} {results[name]['held']['kb_per_stream']:.1f} KB/stream")
+    return results
+
+
+def report(results: dict[str, Any], variants: list[str]) -> str:
+    ref = variants[0]
+    rows = [
+        ("TTFT p50, ms", "ttft_p50_ms", ".3f"),
+        ("TTFT added vs direct, ms", "ttft_added_ms", ".3f"),
+        ("CPU ms per 5-token request", "cpu_ms_per_request", ".3f"),
+        ("200x50 CPU ms per 1k tokens (median of rounds)", "paced_cpu_ms_per_1k", ".1f"),
+        (f"200x50 CPU per token vs {ref} (median of round ratios)", f"paced_ratio_to_{ref}", ".3f"),
+    ]
+    lines = ["| | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    for label, key, spec in rows:
+        cells = [results[v].get(key) for v in variants]
+        if all(c is None for c in cells):
+            continue
+        lines.append(
+            f"| {label} | "
+            + " | ".join("-" if c is None else format(c, spec) for c in cells)
+            + " |"
+        )
+    helds = [results[v].get("held") for v in variants]
+    if any(helds):
+        lines.append(
+            f"| KB RSS per held stream ({next(h for h in helds if h)['streams']} open) | "
+            + " | ".join("-" if not h else f"{h['kb_per_stream']:.1f}" for h in helds)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
