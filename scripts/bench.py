@@ -229,11 +229,18 @@ class Server:
 
 
 def start_server(
-    name: str, command: list[str], port: int, cores: set[int] | None, log: Path, env: dict[str, str]
+    name: str,
+    command: list[str],
+    port: int,
+    cores: set[int] | None,
+    log: Path,
+    env: dict[str, str],
+    cwd: Path = ROOT,
 ) -> Server:
+    """Start ``command`` in ``cwd`` (another checkout runs its own code) and wait for it."""
     out = log.open("wb")
     proc = subprocess.Popen(
-        command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_pin(cores)
+        command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_pin(cores)
     )
     server = Server(name, proc, f"http://127.0.0.1:{port}/v1")
     deadline = time.monotonic() + 30

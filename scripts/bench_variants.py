@@ -15,7 +15,8 @@ this reuses), and the measurements interleave them:
              (median of rounds), and its ratio to the first variant's in the same round;
 * ``held``   ``--held`` slow streams held open, once per variant: RSS per open stream.
 
-Variants (``--variants``, comma-separated; the first is the reference for ratios):
+Variants (``--variants``, comma-separated; the first is the reference for ratios;
+``NAME@DIR`` runs the preset from another checkout, e.g. the code before a change):
 
 * ``bare``         the bare aiohttp relay (the floor for any relay)
 * ``plain``        tokenpipe with ``metrics: false`` and ``resumable: false``
@@ -76,9 +77,18 @@ PRESETS: dict[str, str | None] = {
 MEASURES = ("ttft", "paced", "held")
 
 
+def _preset(variant: str) -> str:
+    return variant.partition("@")[0]
+
+
+def _checkout(variant: str) -> Path:
+    where = variant.partition("@")[2]
+    return Path(where).resolve() if where else bench.ROOT
+
+
 def _variants(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PRESETS]
+    unknown = [n for n in names if _preset(n) not in PRESETS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown variant(s): {', '.join(unknown)}")
     return names
@@ -200,15 +210,15 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
         )
         stack.callback(upstream.stop)
         redis = ""
-        if any("{redis}" in (PRESETS[v] or "") for v in args.variants):
+        if any("{redis}" in (PRESETS[_preset(v)] or "") for v in args.variants):
             redis = stack.enter_context(redis_server(workdir))
-        for name in args.variants:
+        for index, name in enumerate(args.variants):
             port = bench.free_port()
-            extra = PRESETS[name]
+            extra = PRESETS[_preset(name)]
             if extra is None:
                 command = [*me, "bare-relay", "--port", str(port), "--upstream", upstream.base_url]
             else:
-                config = workdir / f"{name}.yaml"
+                config = workdir / f"variant{index}.yaml"
                 config.write_text(
                     "models:\n  - name: relay\n    provider: openai\n"
                     f"    base_url: {upstream.base_url}\n    api_key: none\n"
@@ -216,14 +226,15 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                 )
                 command = [sys.executable, "-m", "gateway", "--host", "127.0.0.1"]
                 command += ["--port", str(port), "--config", str(config)]
+            log = workdir / f"variant{index}.log"
             server = bench.start_server(
-                name, command, port, test_core, workdir / f"{name}.log", env
+                name, command, port, test_core, log, env, cwd=_checkout(name)
             )
             stack.callback(server.stop)
             servers[name] = server
         targets = {
             name: bench.Target(
-                name, s.base_url, "bench" if PRESETS[name] is None else "relay", False
+                name, s.base_url, "bench" if PRESETS[_preset(name)] is None else "relay", False
             )
             for name, s in servers.items()
         }

@@ -107,7 +107,7 @@ async def dashboard_page(request: web.Request) -> web.Response:
 _PAGE = web.AppKey("dashboard_page", ui.StaticFile)
 #: Raises (401) unless the request may read the dashboard's events.
 Guard = Callable[[web.Request], None]
-_GUARD = web.AppKey("dashboard_guard", Guard)
+_GUARD: web.AppKey[Guard] = web.AppKey("dashboard_guard")
 
 
 async def _publishing(app: web.Application) -> AsyncIterator[None]:

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -179,6 +179,18 @@ class ReplyFacts(Protocol):
     def error_type(self) -> str | None: ...
 
 
+def _child(
+    cache: dict[tuple[object, tuple[str, ...]], Any],
+    metric: Counter | Gauge | Histogram,
+    labels: tuple[str, ...],
+) -> Any:
+    """``metric.labels(*labels)``, once per label values."""
+    child = cache.get((metric, labels))
+    if child is None:
+        child = cache[(metric, labels)] = metric.labels(*labels)
+    return child
+
+
 def closed(value: str | None, allowed: frozenset[str]) -> str:
     """``value`` when it is in ``allowed``; :data:`NONE` when absent; else :data:`OTHER`."""
     if value is None:
@@ -275,6 +287,9 @@ class Metrics:
             ("key", "limit"),
             registry=r,
         )
+        # Labelled children by their label values (closed sets: bounded), so a reply's
+        # observations skip prometheus-client's per-call label validation and lock.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
     def observe_reply(self, facts: ReplyFacts) -> None:
         """Record one finished reply (call once per reply, whatever its end)."""
@@ -285,18 +300,19 @@ class Metrics:
             model,
             closed(facts.error_type, ERROR_TYPES) if facts.error_type else "",
         )
+        children = self._children
         if facts.ttft is not None:
-            self.ttft.labels(*labels).observe(facts.ttft)
+            _child(children, self.ttft, labels).observe(facts.ttft)
         tpot = time_per_output_token(facts)
         if tpot is not None:
-            self.tpot.labels(*labels).observe(tpot)
-        self.duration.labels(*labels).observe(facts.duration)
+            _child(children, self.tpot, labels).observe(tpot)
+        _child(children, self.duration, labels).observe(facts.duration)
         key = closed(facts.key, self.keys)
         if facts.prompt_tokens:
-            self.tokens.labels("input", model, key).inc(facts.prompt_tokens)
+            _child(self._children, self.tokens, ("input", model, key)).inc(facts.prompt_tokens)
         if facts.completion_tokens:
-            self.tokens.labels("output", model, key).inc(facts.completion_tokens)
-        self.stream_ends.labels(closed(facts.reason, END_REASONS)).inc()
+            _child(self._children, self.tokens, ("output", model, key)).inc(facts.completion_tokens)
+        _child(self._children, self.stream_ends, (closed(facts.reason, END_REASONS),)).inc()
 
     def stream_started(self) -> None:
         """A reply starts (the in-flight gauge)."""
@@ -308,15 +324,18 @@ class Metrics:
 
     def observe_attempt(self, route: str, outcome: str) -> None:
         """One upstream attempt's outcome: ok, retry, fallback or error."""
-        self.attempts.labels(closed(route, self.routes), closed(outcome, ATTEMPT_OUTCOMES)).inc()
+        labels = (closed(route, self.routes), closed(outcome, ATTEMPT_OUTCOMES))
+        _child(self._children, self.attempts, labels).inc()
 
     def observe_request(self, endpoint: str, status: int) -> None:
         """One HTTP request, by its route's canonical path and its status."""
-        self.requests.labels(closed(endpoint, ENDPOINTS), status_label(status)).inc()
+        labels = (closed(endpoint, ENDPOINTS), status_label(status))
+        _child(self._children, self.requests, labels).inc()
 
     def observe_rate_limited(self, key: str | None, limit: str) -> None:
         """One request refused by ``limit`` (requests, tokens, concurrency)."""
-        self.rate_limited.labels(closed(key, self.keys), closed(limit, RATE_LIMITS)).inc()
+        labels = (closed(key, self.keys), closed(limit, RATE_LIMITS))
+        _child(self._children, self.rate_limited, labels).inc()
 
     def render(self) -> bytes:
         """The exposition text (:data:`CONTENT_TYPE`): all workers' when multiprocess."""

@@ -39,6 +39,7 @@ import anyio
 import httpx2
 import openai
 import orjson
+import yarl
 
 from config.models import UpstreamConfig
 from providers.base import ChatRequest
@@ -87,20 +88,24 @@ class OpenAIProvider:
         )
         self._connect_timeout = upstream.connect_timeout
         self._session: aiohttp.ClientSession | None = None
-        self._template: tuple[str, dict[str, str]] | None = None
+        self._template: tuple[yarl.URL, dict[str, str]] | None = None
 
-    def _open(self) -> tuple[aiohttp.ClientSession, str, dict[str, str]]:
+    def _open(self) -> tuple[aiohttp.ClientSession, yarl.URL, dict[str, str]]:
         """The session streams are sent on, and the SDK's URL and headers (built once)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, limit_per_host=0),
+                # An upstream's cookies are not the next caller's: keep none, send none.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 # The gateway owns first-token and idle timeouts; only connecting is ours.
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=None, sock_connect=self._connect_timeout, sock_read=None
                 ),
             )
         if self._template is None:
-            self._template = request_template(self._client, "/chat/completions")
+            text, fields = request_template(self._client, "/chat/completions")
+            # Parsed once, not on every request.
+            self._template = (yarl.URL(text), fields)
         url, headers = self._template
         return self._session, url, headers
 
@@ -123,7 +128,7 @@ class OpenAIProvider:
                     if response.status >= 300:
                         body = await response.read()
                         raise status_error(
-                            self._client, url, response.status, response.headers, body
+                            self._client, str(url), response.status, response.headers, body
                         )
                     async with aclosing(_events(response.content)) as events:
                         async for event in events:
