@@ -14,7 +14,7 @@ from gateway.admission.gate import Gate
 from gateway.admission.keys import KeyRing
 from gateway.admission.memory_store import MemoryStore
 from gateway.admission.store import StateStore
-from gateway.http import admin, health, models, replies, resume
+from gateway.http import admin, health, models, replies, resume, resume_responses
 from gateway.http.access_log import access_log_middleware
 from gateway.http.expect import expect_within_limit
 from gateway.http.middleware import RequestCounter, error_middleware
@@ -113,9 +113,10 @@ def create_app(
         ("/v1/messages", replies.messages),
     ):
         app.router.add_post(path, handler, expect_handler=expect_within_limit)
-    for prefix in ("/v1/chat/completions", "/v1/responses"):
-        app.router.add_get(prefix + "/{reply_id}", resume.get_reply)
-        app.router.add_post(prefix + "/{reply_id}/cancel", resume.cancel_reply)
+    app.router.add_get("/v1/chat/completions/{reply_id}", resume.get_reply)
+    app.router.add_post("/v1/chat/completions/{reply_id}/cancel", resume.cancel_reply)
+    app.router.add_get("/v1/responses/{reply_id}", resume_responses.get_response)
+    app.router.add_post("/v1/responses/{reply_id}/cancel", resume_responses.cancel_response)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/v1/usage", admin.usage)

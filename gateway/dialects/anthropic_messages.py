@@ -283,6 +283,9 @@ class MessagesEncoder:
     :meth:`end` sends ``message_delta`` (stop reason, usage) and ``message_stop``.
     """
 
+    #: SSE ids count the events from 1 (the payload carries no number of its own).
+    first_id = 1
+
     def __init__(self, *, id: str, model: str) -> None:
         self._id = id
         self._model = model

@@ -66,6 +66,16 @@ class Encoder(Protocol):
     with the usage; or :meth:`error` once, which ends a cut stream.
     """
 
+    @property
+    def first_id(self) -> int:
+        """The SSE ``id`` of the stream's first event, then counted up by one per event.
+
+        1, except where the dialect numbers its events in the payload too: then the
+        same number, so that the ``id`` and the payload's number coincide (the
+        Responses API's ``sequence_number``, from 0).
+        """
+        ...
+
     def start(self) -> bytes:
         """The opening frames."""
         ...

@@ -184,6 +184,9 @@ class ChunkEncoder:
 
     __slots__ = ("_content_head", "_event_head", "_event_tail", "_head", "_include_usage", "_tail")
 
+    #: SSE ids count the chunks from 1 (the payload carries no number of its own).
+    first_id = 1
+
     def __init__(self, *, id: str, created: int, model: str, include_usage: bool) -> None:
         self._head = (
             b'{"id":'

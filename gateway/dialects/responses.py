@@ -6,12 +6,17 @@ Inbound: :class:`ResponsesRequest` accepts ``input`` as a string or a list of it
 translates them into the chat shape of :class:`~gateway.dialects.base.InboundRequest`
 (the same prompt gives the same messages as chat completions, so the same reply).
 Outbound: :class:`ResponsesEncoder` frames named events (``event: <type>``) with a
-monotonically increasing ``sequence_number``, in OpenAI's order; the non-streaming
-answer is the same ``response`` object that ``response.completed`` carries.
+monotonically increasing ``sequence_number`` from 0, in OpenAI's order, and each
+event's SSE ``id`` is its ``sequence_number`` (so ``starting_after`` and
+``Last-Event-ID`` name the same event); the non-streaming answer is the same
+``response`` object that ``response.completed`` carries.
 
-Intentional divergences: ``store`` and ``background`` are accepted and echoed, but
-nothing is stored (a reply log elsewhere will serve background replies); items and
-tools other than messages and functions are rejected with a 400.
+Intentional divergences: ``store`` is accepted and echoed, but a reply is kept only
+in the reply log, ``resume_ttl_seconds`` after its end; items and tools other than
+messages and functions are rejected with a 400. A cancelled reply's stream ends
+with ``response.failed`` whose response has ``"status": "cancelled"`` (and no
+``error``): OpenAI's stream events have no cancellation event, and a stream that
+just stopped would look cut by the network.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pydantic import Field
 
 from gateway.dialects.base import Completed, InboundRequest, UsageCounts
 from gateway.dialects.validation import OpenModel, validate
-from gateway.errors import BadRequest, GatewayError, UpstreamRateLimited
+from gateway.errors import BadRequest, GatewayError, ReplyCancelled, UpstreamRateLimited
 from gateway.streaming import framer
 from providers.events import FinishReason, ToolCallDelta
 
@@ -334,9 +339,14 @@ class ResponsesEncoder:
     a byte template made when the message item opens.
     """
 
+    #: The SSE ids are the ``sequence_number`` s, which OpenAI counts from 0.
+    first_id = 0
+
     def __init__(self, shell: ResponseShell) -> None:
         self._shell = shell
-        self._seq = 0
+        self._seq = self.first_id
+        #: The response object of the terminal event, once sent.
+        self._final: dict[str, Any] | None = None
         self._output: list[dict[str, Any]] = []
         #: The open item: its index in ``_output``, and its text pieces or arguments.
         self._open: int | None = None
@@ -479,20 +489,43 @@ class ResponsesEncoder:
             usage=usage_body(prompt_tokens, completion_tokens),
             finish=self._finish,
         )
+        self._final = response
         return self._event(f"response.{status}", {"response": response})
 
     def error(self, exc: GatewayError) -> bytes:
-        """``response.failed`` with the error; never ``response.completed`` after it."""
-        code = "rate_limit_exceeded" if isinstance(exc, UpstreamRateLimited) else "server_error"
+        """``response.failed`` with the error; never ``response.completed`` after it.
+
+        A cancelled reply's response has ``"status": "cancelled"`` and no ``error``
+        (OpenAI's error codes have none for it), as ``POST .../cancel`` answers it.
+        """
         for item in self._output:
             if item["status"] == "in_progress":
                 item["status"] = "incomplete"
         if self._open is not None and self._output[self._open]["type"] == "message":
             self._output[self._open]["content"] = [text_part("".join(self._pieces))]
-        response = self._shell.response(
-            "failed", self._output, error={"code": code, "message": exc.message}
-        )
+        # A resumed reader's error is rebuilt from the log: known by its code.
+        if exc.code == ReplyCancelled.code:
+            response = self._shell.response("cancelled", self._output)
+        else:
+            code = "rate_limit_exceeded" if isinstance(exc, UpstreamRateLimited) else "server_error"
+            response = self._shell.response(
+                "failed", self._output, error={"code": code, "message": exc.message}
+            )
+        self._final = response
         return self._event("response.failed", {"response": response})
+
+    def snapshot(self) -> dict[str, Any]:
+        """The ``response`` object as the events so far make it.
+
+        The terminal event's once it was made; before, ``in_progress`` with the
+        output so far (the open message's text included).
+        """
+        if self._final is not None:
+            return self._final
+        output = [dict(item) for item in self._output]
+        if self._open is not None and output[self._open]["type"] == "message":
+            output[self._open]["content"] = [text_part("".join(self._pieces))]
+        return self._shell.response("in_progress", output)
 
 
 class ResponsesDialect:

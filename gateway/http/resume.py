@@ -3,8 +3,10 @@
 Each response here is a reader of the reply's log (:mod:`gateway.streaming.replylog`):
 
 * ``?stream=true`` with ``Last-Event-ID: N`` (or ``&starting_after=N``): every event
-  after N, then the live reply, ending as the original does. A reply that ended
-  with nothing after N: 204, which also stops an ``EventSource`` reconnecting.
+  whose SSE ``id`` is above N, then the live reply, ending as the original does. A
+  reply that ended with nothing after N: 204, which also stops an ``EventSource``
+  reconnecting. (In the Responses API the ``id`` is the ``sequence_number``, so N
+  is both: see :mod:`gateway.http.resume_responses`, the door of its own shapes.)
 * without ``stream``: the finished completion, or ``{"status": "in_progress"}``.
 * ``cancel``: stops the producer (on whichever replica); readers get one in-band
   error with code ``cancelled``.
@@ -41,9 +43,13 @@ DIALECTS: dict[str, Dialect] = {
 }
 
 
-async def _view(request: web.Request) -> ReplyView:
-    """The reply's log, when it exists and the read token matches."""
-    request[DIALECT_KEY] = CHAT_COMPLETIONS
+async def reply_view(request: web.Request, door: Dialect | None = None) -> ReplyView:
+    """The reply's log, when it exists and the read token matches.
+
+    ``door``: the dialect whose path was asked, which knows only its own replies (and
+    answers errors in its shape); None: the chat completions door, which reads all.
+    """
+    request[DIALECT_KEY] = door or CHAT_COMPLETIONS
     reply_id = request.match_info["reply_id"]
     token = request.headers.get(RESUME_TOKEN) or request.query.get("token", "")
     state = request.app[STATE]
@@ -54,6 +60,8 @@ async def _view(request: web.Request) -> ReplyView:
         # creator's key may, with or without the token.
         identity = state.gate.ring.authenticate(request.headers)
         allowed = identity is not None and identity.name == view.meta.key
+    if view is not None and door is not None and view.meta.dialect != door.name:
+        allowed = False
     if view is None or not allowed:
         raise NotFound(
             f"No reply '{reply_id}' (unknown, expired, or a wrong resume token).",
@@ -62,8 +70,11 @@ async def _view(request: web.Request) -> ReplyView:
     return view
 
 
-def _after(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("starting_after") or "0"
+def _after(request: web.Request) -> int | None:
+    """The id of the last event the reader has; None: it has none."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("starting_after")
+    if raw is None:
+        return None
     try:
         after = int(raw)
     except ValueError:
@@ -79,11 +90,11 @@ def _after(request: web.Request) -> int:
 
 async def get_reply(request: web.Request) -> web.StreamResponse:
     """``GET /v1/chat/completions/{id}``: the reply, streamed from a position or whole."""
-    view = await _view(request)
+    view = await reply_view(request)
     meta = view.meta
     parsed = DIALECTS[meta.dialect].parse(meta.body)
-    if request.query.get("stream", "").lower() in ("true", "1"):
-        return await _stream(request, view, parsed.encoder(meta.reply_id, meta.created))
+    if wants_stream(request):
+        return await stream_reply(request, view, parsed.encoder(meta.reply_id, meta.created))
     entries = await view.snapshot()
     status = {"id": meta.reply_id, "object": "chat.completion", "created": meta.created}
     if not entries or type(entries[-1]) is not Ended:
@@ -95,7 +106,15 @@ async def get_reply(request: web.Request) -> web.StreamResponse:
     return json_response({**parsed.completion(reply), "status": "completed"})
 
 
-async def _stream(request: web.Request, view: ReplyView, encoder: Encoder) -> web.StreamResponse:
+def wants_stream(request: web.Request) -> bool:
+    """``?stream=true``: the events, not the whole reply."""
+    return request.query.get("stream", "").lower() in ("true", "1")
+
+
+async def stream_reply(
+    request: web.Request, view: ReplyView, encoder: Encoder
+) -> web.StreamResponse:
+    """The reply's events after the reader's position, then the live reply."""
     state = request.app[STATE]
     settings = state.settings
     sequencer = Sequencer(encoder, after=_after(request), retry_ms=settings.resume_retry_ms)
@@ -125,7 +144,7 @@ async def _stream(request: web.Request, view: ReplyView, encoder: Encoder) -> we
 
 async def cancel_reply(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions/{id}/cancel``: stop the reply."""
-    view = await _view(request)
+    view = await reply_view(request)
     entries = await view.snapshot()
     status = "cancelled"
     if entries and type(entries[-1]) is Ended:

@@ -11,7 +11,8 @@ deltas, the finish, and one :class:`Ended` (usage counts, or the in-band error).
 Each reader encodes with a fresh encoder of the reply's dialect, rebuilt from the
 request body kept in :class:`ReplyMeta`, through a :class:`Sequencer`, so the
 SSE ``id`` of every event is the same number for every reader: the events of the
-stream counted from 1 (the opening frames included), whatever the dialect.
+stream counted from the encoder's ``first_id`` (the opening frames included): from
+1, or from 0 in the Responses API, where the ``id`` is the ``sequence_number``.
 
 Memory per reply: the request body (at most ``max_body_bytes``) and one entry per
 event (bounded by the reply's token limit), kept ``resume_ttl_seconds`` after the
@@ -154,18 +155,25 @@ class Sequencer:
 
     The producer and every reader number the same events alike: the opening frames
     come before the first event, each event's frames follow, :class:`Ended` gives the
-    end (usage and terminal frame) or the error. Events numbered ``after`` or lower
-    are dropped (the reader had them); the first event sent carries ``retry``.
+    end (usage and terminal frame) or the error. The first event is numbered
+    ``encoder.first_id``. Events numbered ``after`` or lower are dropped (the reader
+    had them; None: it has none); the first event sent carries ``retry``.
     """
 
     __slots__ = ("_ids", "_retry", "after", "encoder", "seq", "started")
 
     def __init__(
-        self, encoder: Encoder, *, after: int = 0, retry_ms: int | None = None, ids: bool = True
+        self,
+        encoder: Encoder,
+        *,
+        after: int | None = None,
+        retry_ms: int | None = None,
+        ids: bool = True,
     ) -> None:
         self.encoder = encoder
-        self.after = after
-        self.seq = 0
+        #: The number of the last event numbered.
+        self.seq = encoder.first_id - 1
+        self.after = self.seq if after is None else after
         self.started = False
         self._retry = retry_ms if ids else None
         #: False: frames pass unnumbered (``resumable: false``).
@@ -186,7 +194,7 @@ class Sequencer:
         one event (a dialect may open an item with the first token: then in general)."""
         if not self._ids:
             return frames
-        if self._retry is None and self.after == 0 and frames.count(framer.END) == 1:
+        if self._retry is None and self.after <= self.seq and frames.count(framer.END) == 1:
             self.seq += 1
             return b"id: %d\n" % self.seq + frames
         return self.number(frames)

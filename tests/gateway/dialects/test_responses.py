@@ -65,7 +65,7 @@ async def test_text_stream_events_in_openai_order(gateway_url: str) -> None:
         "response.completed",
     ]
     assert got.raw.startswith(
-        b'retry: 1000\nid: 1\nevent: response.created\ndata: {"type":"response.created",'
+        b'retry: 1000\nid: 0\nevent: response.created\ndata: {"type":"response.created",'
     )
     deltas = [d["delta"] for n, d in got.events if n == "response.output_text.delta"]
     done = got.events[-1][1]["response"]

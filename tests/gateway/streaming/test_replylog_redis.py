@@ -124,3 +124,36 @@ async def test_cancel_on_another_replica(
         resp.close()
     assert orjson.loads(data[-1])["error"]["code"] == "cancelled"
     assert took < 2
+
+
+async def test_responses_cancel_on_another_replica_answers_the_cancelled_response(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    one = await make_gateway(redis_url=redis_server.url)
+    two = await make_gateway(redis_url=redis_server.url)
+    body = {
+        "model": "fake",
+        "input": "A long answer please",
+        "stream": True,
+        "background": True,
+        "fake": {"reply_tokens": 100_000, "tokens_per_second": 100},
+    }
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"{one}/v1/responses", json=body)
+        token = resp.headers["X-Resume-Token"]
+        first = (await resp.content.readuntil(b"\n\n")).split(b"data: ")[1]
+        response_id = orjson.loads(first)["response"]["id"]
+        await asyncio.sleep(0.2)
+        async with session.post(
+            f"{two}/v1/responses/{response_id}/cancel", headers={"X-Resume-Token": token}
+        ) as cancel:
+            assert cancel.status == 200
+            cancelled = await cancel.json()
+        raw = await resp.read()
+        resp.close()
+    last = orjson.loads(raw.rstrip(b"\n").rsplit(b"\n", 1)[1].removeprefix(b"data: "))
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["object"] == "response"
+    assert last["type"] == "response.failed"
+    assert last["response"] == cancelled
+    assert raw.count(b"event: response.failed") == 1

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import orjson
+
 from gateway.dialects.chat_completions import ChunkEncoder
+from gateway.dialects.responses import ResponsesRequest
+from gateway.streaming import framer
 from gateway.streaming.replylog import Sequencer
+from providers.events import TextDelta
 
 
 def test_one_equals_number_for_a_single_event_frame() -> None:
@@ -31,3 +36,21 @@ def test_one_numbers_every_event_when_a_token_opens_an_item() -> None:
     frames = encoder.text("a") + encoder.text("b") + encoder.text("c")
     assert fast.one(frames) == general.number(frames)
     assert fast.one(frames).count(b"id: ") == 3
+
+
+def test_responses_events_are_numbered_by_their_sequence_number() -> None:
+    """The Responses encoder counts from 0, so each SSE id is the event's sequence_number."""
+    request = ResponsesRequest.model_validate({"model": "m", "input": "x"})
+    encoder = request.encoder("resp_x", 1)
+    sequencer = Sequencer(encoder)
+    frames = sequencer.start() + sequencer.one(encoder.text("a")) + sequencer.one(encoder.text("b"))
+    blocks = frames.split(framer.END)[:-1]
+    assert len(blocks) == 6  # created, in_progress, item, part, two deltas
+    for block in blocks:
+        id_line, _, data = block.split(b"\n")
+        number = orjson.loads(data.removeprefix(b"data: "))["sequence_number"]
+        assert id_line == b"id: %d" % number
+    assert blocks[0].startswith(b"id: 0\n")
+    reader = Sequencer(request.encoder("resp_x", 1), after=3)  # had 0..3
+    reader.start()
+    assert reader.frames(TextDelta("a")).startswith(b"id: 4\n")
