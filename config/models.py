@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 ProviderKind = Literal["openai", "anthropic", "fake"]
-UsageCount = Literal["upstream", "chunks", "tiktoken"]
+UsageCount = Literal["upstream", "chunks", "tiktoken", "tokenize"]
+#: The tokenize endpoints ``usage_count: tokenize`` speaks.
+TokenizeApi = Literal["llama-cpp-python", "llama.cpp", "vllm"]
+#: Each API's endpoint, relative to the server's root (``base_url`` without ``/v1``).
+TOKENIZE_PATHS: dict[TokenizeApi, str] = {
+    "llama-cpp-python": "/extras/tokenize/count",
+    "llama.cpp": "/tokenize",
+    "vllm": "/tokenize",
+}
 
 
 class Timeouts(BaseModel):
@@ -20,6 +28,34 @@ class Timeouts(BaseModel):
     idle: float = Field(60.0, gt=0)
 
 
+class TokenizeConfig(BaseModel):
+    """Where ``usage_count: tokenize`` asks the upstream's own tokenizer for a count.
+
+    ``api`` picks the request and the default path: ``llama-cpp-python``
+    (``POST /extras/tokenize/count``), ``llama.cpp`` (``llama-server``'s
+    ``POST /tokenize``), ``vllm`` (``POST /tokenize``). ``url`` overrides the endpoint
+    (default: the route's ``base_url`` without a trailing ``/v1``, plus the API's path).
+    ``timeout`` bounds the whole count (at most half the route's idle timeout); when it
+    runs out or the call fails, the reply is counted by chunks.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api: TokenizeApi = "llama-cpp-python"
+    url: str | None = None
+    timeout: float = Field(1.5, gt=0, le=30)
+
+    def resolved(self, base_url: str | None, idle: float) -> TokenizeConfig:
+        """This section with its ``url`` filled in and its ``timeout`` bounded."""
+        url = self.url
+        if url is None:
+            if base_url is None:
+                raise ValueError("usage_count 'tokenize' needs base_url or tokenize.url")
+            root = base_url.rstrip("/").removesuffix("/v1")
+            url = root + TOKENIZE_PATHS[self.api]
+        return self.model_copy(update={"url": url, "timeout": min(self.timeout, idle / 2)})
+
+
 class UpstreamConfig(BaseModel):
     """What a provider needs to reach its upstream: its own typed section."""
 
@@ -30,6 +66,8 @@ class UpstreamConfig(BaseModel):
     connect_timeout: float = 10.0
     #: Extra HTTP headers sent upstream (e.g. ``anthropic-version``).
     headers: tuple[tuple[str, str], ...] = ()
+    #: Count completions with the upstream's tokenizer (``url`` resolved); None: don't.
+    tokenize: TokenizeConfig | None = None
 
 
 class ModelConfig(BaseModel):
@@ -61,9 +99,21 @@ class ModelConfig(BaseModel):
     #: How completion tokens are counted when the upstream reports none: ``upstream``
     #: (trust only the upstream), ``chunks`` (one per streamed text chunk: exact for
     #: llama.cpp, vLLM, Ollama, TGI, an estimate when a character spans two tokens),
-    #: ``tiktoken`` (re-tokenise the text: for OpenAI-family models). Default: chunks,
-    #: except tiktoken for the ``openai`` provider without a ``base_url``.
+    #: ``tiktoken`` (re-tokenise the text: for OpenAI-family models), ``tokenize`` (ask
+    #: the upstream's own tokenizer, see :class:`TokenizeConfig`; ``openai`` provider
+    #: only). Default: chunks, except tiktoken for the ``openai`` provider without a
+    #: ``base_url``.
     usage_count: UsageCount | None = None
+    #: The tokenize endpoint of ``usage_count: tokenize``.
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+
+    @model_validator(mode="after")
+    def _tokenize_reachable(self) -> Self:
+        if self.usage_count == "tokenize":
+            if self.provider != "openai":
+                raise ValueError("usage_count 'tokenize' is for the openai provider only")
+            self.tokenize.resolved(self.base_url, self.timeouts.idle)  # raises when no URL
+        return self
 
     @property
     def counted_by(self) -> UsageCount:
@@ -85,4 +135,9 @@ class ModelConfig(BaseModel):
             base_url=self.base_url,
             api_key=self.api_key,
             connect_timeout=self.timeouts.connect,
+            tokenize=(
+                self.tokenize.resolved(self.base_url, self.timeouts.idle)
+                if self.counted_by == "tokenize"
+                else None
+            ),
         )

@@ -4,7 +4,9 @@ A provider's stream yields, in order:
 
 * any number of :class:`TextDelta` and :class:`ToolCallDelta`,
 * exactly one :class:`Finish` (the generation ended normally),
-* optionally one :class:`Usage` (after ``Finish``; counts as known to the provider).
+* optionally one :class:`Usage` (after ``Finish``; counts as known to the provider),
+  or, when the upstream reported none, one :class:`TokenCount` (the completion
+  counted by the upstream's own tokenizer).
 
 A stream that ends without a ``Finish`` was cut: the gateway reports that as an
 error, never as a clean end.
@@ -52,4 +54,12 @@ class Usage:
     completion_tokens: int
 
 
-StreamEvent = TextDelta | ToolCallDelta | Finish | Usage
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    """The completion's tokens as the upstream's own tokenizer counts them: sent
+    instead of :class:`Usage` by a provider asked to count (``usage_count: tokenize``)."""
+
+    completion_tokens: int
+
+
+StreamEvent = TextDelta | ToolCallDelta | Finish | Usage | TokenCount

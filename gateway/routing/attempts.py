@@ -34,7 +34,7 @@ from providers.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.events import Finish, StreamEvent, TextDelta, TokenCount, ToolCallDelta, Usage
 
 log = structlog.get_logger("tokenpipe.attempts")
 
@@ -206,10 +206,10 @@ async def continuing(
     ``upstream_continued`` tells which route took over after how many tokens. A
     reply holding a tool call is never continued (half a call cannot be resumed);
     one already at its token limit finishes with ``length``. Once continued, every
-    :class:`Usage` is dropped: each upstream's count covers one part (the second
-    counts the first part as prompt), so the reply record counts the whole reply
-    itself, the prompt as the first attempt's. When no fallback can continue, the
-    first upstream's error is raised, as without the option.
+    :class:`Usage` and :class:`TokenCount` is dropped: each upstream's count covers
+    one part (the second counts the first part as prompt), so the reply record counts
+    the whole reply itself, the prompt as the first attempt's. When no fallback can
+    continue, the first upstream's error is raised, as without the option.
     """
     remaining = list(fallbacks)
     texts: list[str] = []
@@ -224,7 +224,7 @@ async def continuing(
             tools = True
         elif type(event) is Finish:
             finished = True
-        elif type(event) is Usage:
+        elif type(event) is Usage or type(event) is TokenCount:
             return not continued
         return True
 

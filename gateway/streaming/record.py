@@ -30,7 +30,15 @@ from gateway.routing.attempts import AttemptObserver, Opened, open_stream
 from gateway.routing.registry import Route
 from providers.base import ChatRequest
 from providers.errors import ProviderError, ProviderUnavailable
-from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.events import (
+    Finish,
+    FinishReason,
+    StreamEvent,
+    TextDelta,
+    TokenCount,
+    ToolCallDelta,
+    Usage,
+)
 from providers.support.tokenizer import Tokenizer
 
 log = structlog.get_logger("tokenpipe.relay")
@@ -92,6 +100,8 @@ class ReplyRecord:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     #: Prompt tokens counted by :meth:`count_prompt` (when the upstream gave none).
     counted_prompt_tokens: int | None = None
+    #: Completion tokens counted by the upstream's tokenizer (``usage_count: tokenize``).
+    tokenized_completion_tokens: int | None = None
 
     # Producing.
 
@@ -155,6 +165,8 @@ class ReplyRecord:
             self.stop_sequence = event.stop_sequence
         elif isinstance(event, Usage):
             self.usage = event
+        elif isinstance(event, TokenCount):
+            self.tokenized_completion_tokens = event.completion_tokens
 
     def check_complete(self) -> FinishReason:
         """The finish reason; a stream that ended without one was cut."""
@@ -188,19 +200,27 @@ class ReplyRecord:
         """The upstream's count when it gave one, else the route's ``usage_count``."""
         if self.usage is not None:
             return self.usage.completion_tokens
-        if self.counted_by == "tiktoken":
+        counted_by = self.counted_by
+        if counted_by == "tokenize" and self.tokenized_completion_tokens is not None:
+            return self.tokenized_completion_tokens
+        if counted_by == "tiktoken":
             return self.tokenizer.count("".join(self.texts)) if self.texts else 0
         return len(self.texts)
 
     @property
     def counted_by(self) -> str:
-        """How :meth:`reported_completion_tokens` counts: ``upstream``, ``chunks``, ``tiktoken``."""
+        """How :meth:`reported_completion_tokens` counts: ``upstream``, ``chunks``,
+        ``tiktoken``, ``tokenize`` (``chunks`` when the upstream's tokenizer gave no count)."""
         if self.usage is not None:
             return "upstream"
         if self.route is None:
             return "chunks"
         counted = self.route.config.counted_by
-        return "chunks" if counted == "upstream" else counted
+        if counted == "upstream":
+            return "chunks"
+        if counted == "tokenize" and self.tokenized_completion_tokens is None:
+            return "chunks"
+        return counted
 
     def usage_counts(self) -> tuple[int, int]:
         """(prompt, completion) tokens, for the dialect's usage frame or body."""

@@ -42,7 +42,7 @@ from gateway.streaming.replylog import Ended, ReplyLog, Sequencer
 from gateway.streaming.watchdog import Watchdog
 from gateway.streaming.writer import ClientGone, EventStream, SendTimeout
 from providers.errors import ProviderError
-from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.events import Finish, StreamEvent, TextDelta, TokenCount, ToolCallDelta, Usage
 
 log = structlog.get_logger("tokenpipe.relay")
 
@@ -316,11 +316,11 @@ class StreamSession:
                         self._lost(exc)
                 if meter is not None and len(texts) >= meter.next_debit:
                     await meter.debit(len(texts))
-            elif type(event) is Usage:
-                apply(event)
+            elif type(event) is Usage or type(event) is TokenCount:
+                apply(event)  # counts: they come with the end
             else:
                 apply(event)
-                append(event)  # type: ignore[arg-type]  # not Usage: handled above
+                append(event)  # type: ignore[arg-type]  # no counts: handled above
                 frame = _frame_of(encoder, event)
                 if frame and primary is not None:
                     try:

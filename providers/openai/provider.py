@@ -22,6 +22,10 @@ Non-obvious choices:
 * ``Usage`` is yielded once, after ``Finish``, when the stream ends, from the last
   ``usage`` the upstream sent (some servers attach it to every chunk).
 * A transport error *after* the finish chunk does not fail the reply: it is complete.
+* With ``usage_count: tokenize`` (``upstream.tokenize``), a stream that finished
+  without ``usage`` ends with a :class:`TokenCount` from the upstream's tokenize
+  endpoint (:mod:`providers.openai.tokenize`), asked once the stream's connection is
+  back in the pool; none when that failed or timed out.
 * API errors are re-raised without their SDK cause: the SDK's message embeds the
   upstream body, which may echo credentials.
 """
@@ -52,8 +56,17 @@ from providers.errors import (
     ProviderUnavailable,
     TranslateErrors,
 )
-from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.events import (
+    Finish,
+    FinishReason,
+    StreamEvent,
+    TextDelta,
+    TokenCount,
+    ToolCallDelta,
+    Usage,
+)
 from providers.openai.sdk_internals import aiohttp_cause, request_template, status_error
+from providers.openai.tokenize import UpstreamTokenizer
 from providers.support.upstream_sse import SSEParser, retry_after_seconds
 
 _FINISH_REASONS: Final[Mapping[str, FinishReason]] = {
@@ -89,6 +102,7 @@ class OpenAIProvider:
         self._connect_timeout = upstream.connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._template: tuple[yarl.URL, dict[str, str]] | None = None
+        self._tokenizer = UpstreamTokenizer(upstream.tokenize) if upstream.tokenize else None
 
     def _open(self) -> tuple[aiohttp.ClientSession, yarl.URL, dict[str, str]]:
         """The session streams are sent on, and the SDK's URL and headers (built once)."""
@@ -115,8 +129,38 @@ class OpenAIProvider:
             await self._session.close()
         await self._client.close()
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply's events; see the module docstring for the details."""
+        if self._tokenizer is None:
+            return self._stream(request)
+        return self._counted(request, self._tokenizer)
+
+    async def _counted(
+        self, request: ChatRequest, tokenizer: UpstreamTokenizer
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """:meth:`_stream`, then a :class:`TokenCount` when it finished without usage."""
+        texts: list[str] = []
+        calls: dict[int, list[str]] = {}
+        finished = reported = False
+        async with aclosing(self._stream(request)) as events:
+            async for event in events:
+                if type(event) is TextDelta:
+                    texts.append(event.text)
+                elif type(event) is ToolCallDelta:
+                    calls.setdefault(event.index, []).extend((event.name or "", event.arguments))
+                elif type(event) is Finish:
+                    finished = True
+                elif type(event) is Usage:
+                    reported = True
+                yield event
+        if finished and not reported:
+            session, _, headers = self._open()
+            pieces = ["".join(texts), *("".join(calls[i]) for i in sorted(calls))]
+            count = await tokenizer.count(session, headers, request.model, pieces)
+            if count is not None:
+                yield TokenCount(count)
+
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         finished = False
         try:
             with _TranslateErrors(self._secret):

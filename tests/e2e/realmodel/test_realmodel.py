@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 from openai import AsyncOpenAI
 from playwright.async_api import Request, Route, async_playwright, expect
+from structlog.testing import capture_logs
 
 from tests.e2e.realmodel.conftest import MODEL_ALIAS, LlamaServer, unavailable_reason
 
@@ -291,24 +292,34 @@ async def test_chat_page_streams_a_real_reply(
     assert visible(shown) == visible(expected.text)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="CJK: a character spanning two tokens comes as one chunk (an estimate)"
-)
 async def test_streamed_usage_counts_the_models_tokens(
-    direct: AsyncOpenAI, gateway: AsyncOpenAI
+    llama: LlamaServer, make_gateway: Any, direct: AsyncOpenAI
 ) -> None:
-    # llama-cpp-python's server sends no usage in streams, so the gateway counts.
+    """usage_count ``tokenize``: exact for CJK, where a character spans several tokens.
+
+    llama-cpp-python's server sends no usage in streams, and here several tokens come
+    as one chunk; the gateway asks the server's ``/extras/tokenize/count`` instead.
+    """
     prompt = CJK_PROMPT
+    url = await make_gateway(models=[route(llama, usage_count="tokenize")])
     await warm(direct, prompt)
     upstream = await direct.chat.completions.create(
         model=MODEL_ALIAS, messages=user(prompt), max_tokens=32, **GREEDY
     )
-    relayed = await stream(
-        gateway, ROUTE, prompt, max_tokens=32, stream_options={"include_usage": True}
-    )
+    await warm(direct, prompt)
+    async with AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as gateway:
+        with capture_logs() as logs:
+            relayed = await stream(
+                gateway, ROUTE, prompt, max_tokens=32, stream_options={"include_usage": True}
+            )
     assert upstream.usage is not None
     assert relayed.usage is not None
+    assert relayed.text == upstream.choices[0].message.content
+    # The point of the mode: the chunks alone would undercount.
+    assert len(relayed.pieces) < upstream.usage.completion_tokens - 1
     assert abs(relayed.usage["completion_tokens"] - upstream.usage.completion_tokens) <= 1
+    finished = next(e for e in logs if e["event"] == "stream_finished")
+    assert finished["counted_by"] == "tokenize"
 
 
 async def test_streamed_usage_counts_chunks_within_one_token_for_ascii(
@@ -318,8 +329,8 @@ async def test_streamed_usage_counts_chunks_within_one_token_for_ascii(
 
     With ASCII text every token is one chunk, so the count is within one token of
     the model's own (the server reports one more than it sends at ``length``). CJK
-    is the documented estimate case (see the xfail above): a character spanning two
-    tokens arrives as one chunk.
+    is the documented estimate case: a character spanning two tokens arrives as one
+    chunk (``usage_count: tokenize`` above counts it exactly).
     """
     prompt = "Write one sentence about rivers."
     await warm(direct, prompt)

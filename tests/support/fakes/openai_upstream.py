@@ -8,6 +8,10 @@ Use it as an async context manager (or ``start()`` / ``stop()``)::
     fake.requests[0].json  # what the client sent
 
 ``script`` is consumed one :class:`Behaviour` per chat request; the last one repeats.
+The tokenize endpoints of local servers (llama-cpp-python's
+``/extras/tokenize[/count]``, llama.cpp's and vLLM's ``/tokenize``) count with a toy
+tokenizer, :func:`fake_token_count`, as :attr:`FakeOpenAIUpstream.tokenize` says; they
+are logged in ``tokenize_requests``, apart from the chat requests.
 A request body may also carry ``"x_fake": {...}`` (Behaviour fields) to override the
 script for that request, which is handy for benchmarks. Every request is recorded in
 ``requests`` with its headers, JSON body and timestamps; ``closed_at`` is set when the
@@ -47,6 +51,11 @@ def token_text(i: int) -> str:
 def expected_text(tokens: int) -> str:
     """The whole reply text of a stream of ``tokens`` tokens."""
     return "".join(token_text(i) for i in range(tokens))
+
+
+def fake_token_count(text: str) -> int:
+    """The fake model's tokenizer: one token per character (never one per chunk)."""
+    return len(text)
 
 
 @contextlib.contextmanager
@@ -153,6 +162,20 @@ class Behaviour:
             return self
         names = {f.name for f in fields(self)} - {"tool_calls", "headers", "raw"}
         return replace(self, **{k: v for k, v in spec.items() if k in names})
+
+
+@dataclass
+class TokenizeBehaviour:
+    """How the fake's tokenize endpoints answer. Defaults: at once, with the count."""
+
+    #: Seconds before answering.
+    delay: float = 0.0
+    #: Answer with this HTTP status and an error body instead.
+    status: int | None = None
+    #: Add a BOS token to every text, as llama-cpp-python does for models that want one.
+    bos: bool = False
+    #: Answer with this JSON instead (e.g. no count at all).
+    body: Any = None
 
 
 @dataclass
@@ -306,13 +329,48 @@ class FakeOpenAIUpstream(FakeUpstream):
     ) -> None:
         super().__init__(script)
         self.models = list(models)
+        self.tokenize = TokenizeBehaviour()
+        self.tokenize_requests: list[ReceivedRequest] = []
 
     def routes(self) -> list[web.RouteDef]:
-        """The OpenAI endpoints the fake serves."""
+        """The OpenAI endpoints the fake serves, and local servers' tokenize endpoints."""
         return [
             web.post("/v1/chat/completions", self._chat),
             web.get("/v1/models", self._models),
+            web.post("/extras/tokenize/count", self._tokenize),
+            web.post("/extras/tokenize", self._tokenize),
+            web.post("/tokenize", self._tokenize),
         ]
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """llama-cpp-python ``{"input"}``, llama.cpp ``{"content"}``, vLLM ``{"prompt"}``."""
+        body = await request.json()
+        self.tokenize_requests.append(
+            ReceivedRequest(request.method, request.path, dict(request.headers), body)
+        )
+        behaviour = self.tokenize
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        if behaviour.status is not None:
+            error = {"message": "fake tokenize error", "type": "server_error"}
+            return web.json_response({"error": error}, status=behaviour.status)
+        if behaviour.body is not None:
+            return web.json_response(behaviour.body)
+        text = body.get("input", body.get("content", body.get("prompt")))
+        if not isinstance(text, str):
+            return web.json_response({"detail": "no text"}, status=422)
+        if request.path.startswith("/extras/"):
+            special = True  # llama-cpp-python adds the model's BOS, always
+        elif "prompt" in body:
+            special = body.get("add_special_tokens", True)  # vLLM's default
+        else:
+            special = body.get("add_special", False)  # llama.cpp's default
+        count = fake_token_count(text) + (1 if behaviour.bos and special else 0)
+        if request.path == "/extras/tokenize/count":
+            return web.json_response({"count": count})
+        if "prompt" in body:  # vLLM
+            return web.json_response({"count": count, "tokens": list(range(count))})
+        return web.json_response({"tokens": list(range(count))})
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
