@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, model_validator
 
 from gateway.dialects.base import Completed, InboundRequest, UsageCounts
+from gateway.dialects.large_body import LARGE_BODY_BYTES, validate_large
 from gateway.dialects.validation import validate
 from gateway.errors import GatewayError
 from gateway.streaming import framer
@@ -95,6 +96,9 @@ class ChatCompletionRequest(_Open):
     fake: dict[str, Any] | None = None
     #: Run the reply to its end whether or not a client stays connected.
     background: bool = False
+    #: The messages already dumped to dicts, when a large body was validated in
+    #: batches (``messages`` then holds only the first one): see ``large_body``.
+    _dumped_messages: list[dict[str, Any]] | None = PrivateAttr(None)
 
     @property
     def token_limit(self) -> int | None:
@@ -116,7 +120,9 @@ class ChatCompletionRequest(_Open):
         """The dialect-neutral request."""
         return InboundRequest(
             model=self.model,
-            messages=[m.model_dump(exclude_none=True) for m in self.messages],
+            messages=self._dumped_messages
+            if self._dumped_messages is not None
+            else [m.model_dump(exclude_none=True) for m in self.messages],
             stream=self.stream,
             max_tokens=self.token_limit,
             seed=self.seed,
@@ -169,8 +175,20 @@ _GATEWAY_FIELDS = {
 }
 
 
+_MESSAGES = TypeAdapter(list[Message])
+
+
 def parse_request(body: bytes) -> ChatCompletionRequest:
-    """Validate a request body, raising :class:`BadRequest` naming the first bad field."""
+    """Validate a request body, raising :class:`BadRequest` naming the first bad field.
+
+    A large body is validated in bounded steps (:mod:`gateway.dialects.large_body`).
+    """
+    if len(body) > LARGE_BODY_BYTES:
+        found = validate_large(ChatCompletionRequest, _MESSAGES, body, "messages")
+        if found is not None:
+            request, dumped = found
+            request._dumped_messages = dumped
+            return request
     return validate(ChatCompletionRequest, body)
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 
 from gateway.dialects.base import Dialect, DialectRequest, InboundRequest
+from gateway.dialects.large_body import LARGE_BODY_BYTES
 
-#: Bodies larger than this are parsed in a thread.
-OFFLOAD_BODY_BYTES = 256 * 1024
+#: Bodies larger than this are parsed in a thread (and validated in bounded steps
+#: by the dialects that can: :mod:`gateway.dialects.large_body`).
+OFFLOAD_BODY_BYTES = LARGE_BODY_BYTES
 
 
 def _parse(dialect: Dialect, body: bytes) -> tuple[DialectRequest, InboundRequest]:

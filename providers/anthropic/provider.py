@@ -106,58 +106,135 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncGenerator[StreamEven
     """Parse a Messages API event stream into provider events."""
     parser = SSEParser()
     loads = orjson.loads
-    input_tokens = output_tokens = 0
-    stop_reason: str | None = None
-    stop_sequence: str | None = None
-    tool_index: dict[Any, int] = {}  # content block index → tool call number
+    state = _StreamState()
     async for chunk in response.content.iter_any():
         for sse in parser.feed(chunk):
             obj = loads(sse.data)
-            kind = obj.get("type") or sse.event
-            if kind == "content_block_delta":
-                delta = obj.get("delta") or {}
-                if delta.get("type") == "text_delta":
-                    if text := delta.get("text"):
-                        yield TextDelta(text)
-                elif delta.get("type") == "input_json_delta":
-                    number = tool_index.get(obj.get("index"))
-                    if number is not None and (partial := delta.get("partial_json")):
-                        yield ToolCallDelta(number, arguments=partial)
-            elif kind == "content_block_start":
-                block = obj.get("content_block") or {}
-                if block.get("type") == "tool_use":
-                    number = tool_index[obj.get("index")] = len(tool_index)
-                    given = block.get("input")
-                    arguments = orjson.dumps(given).decode() if given else ""
-                    yield ToolCallDelta(number, block.get("id"), block.get("name"), arguments)
-            elif kind == "message_start":
-                usage = (obj.get("message") or {}).get("usage") or {}
-                input_tokens = _input_tokens(usage, input_tokens)
-                output_tokens = int(usage.get("output_tokens") or 0)
-            elif kind == "message_delta":
-                stop_reason = (obj.get("delta") or {}).get("stop_reason") or stop_reason
-                stop_sequence = (obj.get("delta") or {}).get("stop_sequence") or stop_sequence
-                usage = obj.get("usage") or {}
-                input_tokens = _input_tokens(usage, input_tokens)
-                output_tokens = int(usage.get("output_tokens") or output_tokens)
-            elif kind == "message_stop":
-                yield Finish(_STOP_REASONS.get(stop_reason or "", "stop"), stop_sequence)
-                yield Usage(prompt_tokens=input_tokens, completion_tokens=output_tokens)
+            if not isinstance(obj, dict):
+                continue  # not an event: nothing to relay
+            try:
+                events = state.events_of(obj, sse.event)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                # A hostile or broken upstream: its reply fails, never the gateway.
+                raise ProviderUnavailable("upstream sent a malformed event") from None
+            for event in events:
+                yield event
+            if state.stopped:
                 await _drain(response)
                 return
-            elif kind == "error":
-                raise _in_band_error(obj.get("error"))
-            # ping, content_block_stop and unknown events carry nothing to relay.
     raise ProviderUnavailable("upstream stream ended without message_stop")
 
 
-def _input_tokens(usage: Mapping[str, Any], current: int) -> int:
-    if "input_tokens" not in usage:
-        return current
-    return sum(
-        int(usage.get(key) or 0)
-        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+#: Tool calls one reply may open; a content block beyond it is a malformed event.
+_MAX_TOOL_CALLS: Final = 128
+#: A token count above this is not a count (and would overflow metrics).
+_MAX_COUNT: Final = 1 << 40
+
+
+def _count(value: Any) -> int:
+    """A usage count as reported, or 0 when it is not a sane count."""
+    if type(value) is int and 0 <= value < _MAX_COUNT:
+        return value
+    return 0
+
+
+def _fields(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``obj[key]`` when it is an object, ``{}`` when absent or null; else TypeError."""
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(key)
+    return value
+
+
+def _text(value: Any, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(what)
+    return value
+
+
+class _StreamState:
+    """What one stream has told so far; :meth:`events_of` raises ``TypeError`` or
+    ``ValueError`` on a malformed event."""
+
+    __slots__ = (
+        "input_tokens",
+        "output_tokens",
+        "stop_reason",
+        "stop_sequence",
+        "stopped",
+        "tools",
     )
+
+    def __init__(self) -> None:
+        self.input_tokens = self.output_tokens = 0
+        self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
+        self.stopped = False
+        self.tools: dict[int, int] = {}  # content block index -> tool call number
+
+    def events_of(self, obj: Mapping[str, Any], name: str | None) -> list[StreamEvent]:
+        kind = obj.get("type") or name
+        if kind == "content_block_delta":
+            delta = _fields(obj, "delta")
+            if delta.get("type") == "text_delta":
+                if text := _text(delta.get("text"), "text"):
+                    return [TextDelta(text)]
+            elif delta.get("type") == "input_json_delta":
+                number = self.tools.get(_block_index(obj))
+                partial = _text(delta.get("partial_json"), "partial_json")
+                if number is not None and partial:
+                    return [ToolCallDelta(number, arguments=partial)]
+        elif kind == "content_block_start":
+            block = _fields(obj, "content_block")
+            if block.get("type") == "tool_use":
+                index = _block_index(obj)
+                if index in self.tools or len(self.tools) >= _MAX_TOOL_CALLS:
+                    raise ValueError("content block index")
+                number = self.tools[index] = len(self.tools)
+                given = block.get("input")
+                arguments = orjson.dumps(given).decode() if given else ""
+                call_id, name_ = _text(block.get("id"), "id"), _text(block.get("name"), "name")
+                return [ToolCallDelta(number, call_id, name_, arguments)]
+        elif kind == "message_start":
+            self._usage(_fields(_fields(obj, "message"), "usage"))
+        elif kind == "message_delta":
+            delta = _fields(obj, "delta")
+            self.stop_reason = _text(delta.get("stop_reason"), "stop_reason") or self.stop_reason
+            stop_sequence = _text(delta.get("stop_sequence"), "stop_sequence")
+            self.stop_sequence = stop_sequence or self.stop_sequence
+            self._usage(_fields(obj, "usage"))
+        elif kind == "message_stop":
+            self.stopped = True
+            reason = _STOP_REASONS.get(self.stop_reason or "", "stop")
+            return [
+                Finish(reason, self.stop_sequence),
+                Usage(prompt_tokens=self.input_tokens, completion_tokens=self.output_tokens),
+            ]
+        elif kind == "error":
+            raise _in_band_error(obj.get("error"))
+        # ping, content_block_stop and unknown events carry nothing to relay.
+        return []
+
+    def _usage(self, usage: Mapping[str, Any]) -> None:
+        if "input_tokens" in usage:
+            self.input_tokens = sum(
+                _count(usage.get(key))
+                for key in (
+                    "input_tokens",
+                    "cache_creation_input_tokens",
+                    "cache_read_input_tokens",
+                )
+            )
+        self.output_tokens = _count(usage.get("output_tokens")) or self.output_tokens
+
+
+def _block_index(obj: Mapping[str, Any]) -> int:
+    index = obj.get("index")
+    if type(index) is not int or not 0 <= index < _MAX_COUNT:
+        raise ValueError("content block index")
+    return index
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:

@@ -789,3 +789,159 @@ async def test_fuzzed_hostile_upstream_chunks_never_500(
             raw = await resp.read()
             assert resp.status in {200, 429, 502, 504}, (resp.status, raw[:300])
     assert not server_errors(logs), server_errors(logs)
+
+
+# --- Hostile Anthropic upstream: Messages API event streams ----------------------------
+
+anthropic_event_types = (
+    st.sampled_from(
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+            "ping",
+            "error",
+        ]
+    )
+    | any_text
+)
+anthropic_usage = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "input_tokens": chunk_values,
+            "output_tokens": chunk_values,
+            "cache_creation_input_tokens": chunk_values,
+            "cache_read_input_tokens": chunk_values,
+        },
+    )
+    | chunk_values
+)
+anthropic_events = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.just("message_start")},
+        optional={
+            "message": st.fixed_dictionaries({}, optional={"usage": anthropic_usage}) | chunk_values
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("content_block_start")},
+        optional={
+            "index": chunk_values,
+            "content_block": st.fixed_dictionaries(
+                {"type": st.sampled_from(["text", "tool_use"]) | chunk_values},
+                optional={"id": chunk_values, "name": chunk_values, "input": chunk_values},
+            )
+            | chunk_values,
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("content_block_delta")},
+        optional={
+            "index": chunk_values,
+            "delta": st.fixed_dictionaries(
+                {"type": st.sampled_from(["text_delta", "input_json_delta"]) | chunk_values},
+                optional={"text": chunk_values, "partial_json": chunk_values},
+            )
+            | chunk_values,
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("message_delta")},
+        optional={
+            "delta": st.fixed_dictionaries(
+                {}, optional={"stop_reason": chunk_values, "stop_sequence": chunk_values}
+            )
+            | chunk_values,
+            "usage": anthropic_usage,
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("error")},
+        optional={
+            "error": st.fixed_dictionaries(
+                {}, optional={"type": chunk_values, "message": chunk_values}
+            )
+            | chunk_values
+        },
+    ),
+    st.fixed_dictionaries({"type": anthropic_event_types}, optional={"index": chunk_values}),
+    json_values,
+)
+
+
+def _anthropic_frame(name: str, data: bytes) -> bytes:
+    return b"event: " + name.encode("utf-8", "surrogatepass") + b"\ndata: " + data + b"\n\n"
+
+
+@st.composite
+def anthropic_stream(draw: st.DrawFn) -> tuple[bytes, ...]:
+    """SSE frames of a Messages API stream gone wrong: events of wrong types, missing
+    fields, huge numbers, bad indexes, non-JSON data, unknown event names, an error
+    event; cut anywhere (no ``message_stop``, or half a frame) or finished."""
+    frames: list[bytes] = []
+    for event_ in draw(st.lists(anthropic_events, max_size=6)):
+        kind = event_.get("type") if isinstance(event_, dict) else None
+        name = kind if isinstance(kind, str) and draw(st.booleans()) else draw(any_text)
+        name = name.replace("\n", " ").replace("\r", " ")
+        frames.append(_anthropic_frame(name, json.dumps(event_).encode("utf-8", "surrogatepass")))
+    if draw(st.booleans()):
+        frames.append(_anthropic_frame("garbage", draw(st.binary(max_size=20)).replace(b"\n", b"")))
+    ending = draw(st.sampled_from(["stop", "none", "half"]))
+    if ending == "stop":
+        frames.append(_anthropic_frame("message_stop", b'{"type":"message_stop"}'))
+    elif ending == "half":
+        frames.append(b'event: content_block_delta\ndata: {"type":"content_block_del')
+    return tuple(frames)
+
+
+@pytest.fixture
+async def hostile_anthropic(make_gateway: Any) -> AsyncIterator[tuple[Any, str]]:
+    """A fake Anthropic upstream and a gateway routing ``up`` to it, for every example."""
+    from tests.support.fakes.anthropic_upstream import FakeAnthropicUpstream
+
+    async with FakeAnthropicUpstream() as fake:
+        model = {
+            "name": "up",
+            "provider": "anthropic",
+            "base_url": fake.base_url,
+            "api_key": "k",
+            "retries": 0,
+            "timeouts": {"connect": 2, "first_token": 5, "idle": 5},
+        }
+        yield fake, await make_gateway(models=[model])
+
+
+@settings(FUZZ, max_examples=_EXPLORE or 80)
+@given(frames=anthropic_stream(), stream=st.booleans())
+async def test_fuzzed_hostile_anthropic_streams_never_500(
+    hostile_anthropic: tuple[Any, str], frames: tuple[bytes, ...], stream: bool
+) -> None:
+    from tests.support.fakes.openai_upstream import Behaviour
+
+    fake, url = hostile_anthropic
+    fake.script = [Behaviour(raw=frames)]
+    body = {"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    with capture_logs() as logs:
+        async with (
+            asyncio.timeout(REQUEST_TIMEOUT),
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/v1/chat/completions", json=body) as resp,
+        ):
+            raw = await resp.read()
+            status = resp.status
+            ctype = resp.headers.get("Content-Type", "")
+    # A 502 (or 429/504) before streaming, else a well-formed answer.
+    assert status in {200, 429, 502, 504}, (status, raw[:300])
+    if status != 200:
+        assert_error_body(raw)
+    elif stream:
+        assert ctype.startswith("text/event-stream"), ctype
+        assert_stream(raw, fault=True)
+    else:
+        assert_completion(raw)
+    event(f"status {status}, stream {stream}")
+    assert not server_errors(logs), server_errors(logs)

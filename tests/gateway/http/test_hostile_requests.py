@@ -6,6 +6,7 @@ can stall, crash or misuse the gateway for everyone else").
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -165,3 +166,79 @@ async def test_fake_models_off_removes_the_builtins(make_gateway: MakeGateway) -
     assert status == 404
     async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/models") as resp:
         assert (await resp.json())["data"] == []
+
+
+def _anthropic_frame(event: dict[str, Any]) -> bytes:
+    # The stdlib encoder: big integers go out as written.
+    data = json.dumps(event).encode()
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _anthropic_model(base_url: str) -> dict[str, Any]:
+    return {
+        "name": "up",
+        "provider": "anthropic",
+        "base_url": base_url,
+        "api_key": "k",
+        "retries": 0,
+    }
+
+
+#: Messages API events that raised AttributeError, TypeError, ValueError or
+#: OverflowError in the Anthropic provider (found by test_fuzz's hostile streams): 500s.
+HOSTILE_ANTHROPIC_EVENTS = [
+    {"type": "message_start", "message": 1.0},
+    {"type": "message_start", "message": {"usage": "x"}},
+    {"type": "content_block_delta", "index": 0, "delta": "x"},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": 5}},
+    {"type": "content_block_start", "index": [0], "content_block": {"type": "tool_use"}},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": 7}},
+    {"type": "message_delta", "delta": {"stop_reason": ["end_turn"]}},
+    {"type": "message_delta", "delta": [], "usage": {}},
+]
+
+
+@pytest.mark.parametrize(
+    "event", HOSTILE_ANTHROPIC_EVENTS, ids=range(len(HOSTILE_ANTHROPIC_EVENTS))
+)
+@pytest.mark.parametrize("stream", [True, False])
+async def test_hostile_anthropic_event_is_a_502_not_a_500(
+    make_gateway: MakeGateway, event: dict[str, Any], stream: bool
+) -> None:
+    from tests.support.fakes.anthropic_upstream import FakeAnthropicUpstream
+
+    frames = (_anthropic_frame(event), _anthropic_frame({"type": "message_stop"}))
+    async with FakeAnthropicUpstream([Behaviour(raw=frames)]) as fake:
+        url = await make_gateway(models=[_anthropic_model(fake.base_url)])
+        body = {"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+        got = await stream_request(url, body)
+    if got.status == 200:
+        assert stream
+        assert orjson.loads(got.data[-1])["error"]["type"] == "upstream_error"
+    else:
+        assert got.status == 502
+        assert orjson.loads(got.raw)["error"]["type"] == "upstream_error"
+
+
+async def test_hostile_anthropic_usage_counts_are_ignored(make_gateway: MakeGateway) -> None:
+    from tests.support.fakes.anthropic_upstream import FakeAnthropicUpstream
+
+    frames = tuple(
+        _anthropic_frame(e)
+        for e in (
+            {"type": "message_start", "message": {"usage": {"input_tokens": "x"}}},
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "hi"},
+            },
+            {"type": "message_delta", "usage": {"input_tokens": 1e308, "output_tokens": 2**80}},
+            {"type": "message_stop"},
+        )
+    )
+    async with FakeAnthropicUpstream([Behaviour(raw=frames)]) as fake:
+        url = await make_gateway(models=[_anthropic_model(fake.base_url)])
+        body = {"model": "up", "messages": [{"role": "user", "content": "x"}]}
+        status, _, raw = await post(url, body)
+    assert status == 200
+    assert orjson.loads(raw)["choices"][0]["message"]["content"] == "hi"

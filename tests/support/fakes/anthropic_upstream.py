@@ -137,6 +137,14 @@ def _message(body: dict[str, Any], behaviour: Behaviour) -> dict[str, Any]:
 
 async def _stream(body: dict[str, Any], behaviour: Behaviour) -> Any:
     """The event bytes of a streamed reply; :data:`CUT` means: abort the connection now."""
+    if behaviour.raw:
+        # Hostile-upstream tests: whole SSE frames (bytes) or event objects, as given.
+        for payload in behaviour.raw:
+            if isinstance(payload, bytes):
+                yield payload
+            else:
+                yield _event(str(payload.get("type", "message")), payload)
+        return
     usage = {"input_tokens": _input_tokens(body), "output_tokens": 1}
     message = {**_message(body, behaviour), "content": [], "stop_reason": None, "usage": usage}
     yield _event("message_start", {"type": "message_start", "message": message})
