@@ -118,10 +118,15 @@ def redis_server(workdir: Path) -> Any:
 
 
 async def ttft_round_robin(
-    targets: dict[str, bench.Target], servers: dict[str, bench.Server], rounds: int
+    targets: dict[str, bench.Target],
+    servers: dict[str, bench.Server],
+    rounds: int,
+    gap: float = 0.0,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """TTFT in ms of one short stream to each target in turn, ``rounds`` times; and the
-    CPU ms per request each target's process spent on them."""
+    CPU ms per request each target's process spent on them. ``gap``: seconds idle
+    before each request (0: back to back, so a reply's own wrap-up after its
+    ``[DONE]`` may delay the next request)."""
     got: dict[str, list[float]] = {name: [] for name in targets}
     cpu = dict.fromkeys(targets, 0.0)
     names = list(targets)
@@ -133,6 +138,8 @@ async def ttft_round_robin(
         for i in range(rounds):
             shift = i % len(names)
             for name in names[shift:] + names[:shift]:
+                if gap:
+                    await asyncio.sleep(gap)
                 before = servers[name].cpu_seconds()
                 result = await bench.read_stream(session, targets[name], bodies[name])
                 cpu[name] += servers[name].cpu_seconds() - before
@@ -168,6 +175,9 @@ def main() -> None:
     parser.add_argument("--variants", type=_variants, default=_variants("bare,default,keys"))
     parser.add_argument("--only", default=",".join(MEASURES), help="ttft,paced,held")
     parser.add_argument("--ttft", type=int, default=300, help="rounds of the TTFT measure")
+    parser.add_argument(
+        "--ttft-gap-ms", type=float, default=0.0, help="idle time before each TTFT request"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the paced measure")
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument("--held", type=int, default=1000, help="streams held open")
@@ -244,7 +254,10 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
             direct = bench.Target("direct", upstream.base_url, "bench", False)
             got, cpu = asyncio.run(
                 ttft_round_robin(
-                    {"direct": direct, **targets}, {"direct": upstream, **servers}, args.ttft
+                    {"direct": direct, **targets},
+                    {"direct": upstream, **servers},
+                    args.ttft,
+                    args.ttft_gap_ms / 1000,
                 )
             )
             direct_p50 = statistics.median(got.pop("direct"))

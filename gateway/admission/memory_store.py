@@ -59,6 +59,9 @@ class _KeyState:
     outstanding: int = 0
     spent: int = 0
     budget: int | None = None
+    #: No live lease expires before this (a lower bound): the leases are scanned for
+    #: expiry only once it passed, not on every call (they are one per reply in flight).
+    next_expiry: float = math.inf
     usage: KeyUsage = field(default_factory=empty_usage)
 
 
@@ -106,10 +109,14 @@ class MemoryStore:
 
     @staticmethod
     def _prune(state: _KeyState, now: float) -> None:
-        for rid in [rid for rid, lease in state.live.items() if lease.expires_at <= now]:
-            lease = state.live.pop(rid)
-            state.outstanding -= lease.outstanding
-            state.ended[rid] = _Ended(now, lease.debited, settled=False)
+        if now >= state.next_expiry:
+            for rid in [rid for rid, lease in state.live.items() if lease.expires_at <= now]:
+                lease = state.live.pop(rid)
+                state.outstanding -= lease.outstanding
+                state.ended[rid] = _Ended(now, lease.debited, settled=False)
+            state.next_expiry = min(
+                (lease.expires_at for lease in state.live.values()), default=math.inf
+            )
         ended = state.ended
         while ended and (
             len(ended) > _ENDED_CAP or next(iter(ended.values())).at <= now - ENDED_GRACE_SECONDS
@@ -177,6 +184,7 @@ class MemoryStore:
             if limits.rpm is not None:
                 state.requests.append(now)
             state.live[rid] = _Lease(reserved, 0, now + self._ttl)
+            state.next_expiry = min(state.next_expiry, now + self._ttl)
             state.outstanding += reserved
             reservation = Reservation(rid, key, reserved, now + self._ttl, limits)
 

@@ -81,7 +81,11 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def _wait_for_signal() -> int:
+def _stop_signals() -> asyncio.Future[int]:
+    """SIGTERM/SIGINT handled from now on: the future of the first one's number.
+
+    A second signal during the drain is ignored: the drain has its own deadline.
+    """
     loop = asyncio.get_running_loop()
     received: asyncio.Future[int] = loop.create_future()
 
@@ -91,12 +95,7 @@ async def _wait_for_signal() -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        return await received
-    finally:
-        # A second signal during the drain is ignored: the drain has its own deadline.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: None)
+    return received
 
 
 async def drain(app: web.Application, seconds: float) -> None:
@@ -147,10 +146,12 @@ async def run_server(
         site = web.TCPSite(
             runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024
         )
-        await site.start()
+        # Before the socket opens: a client may connect, and send SIGTERM, at once.
+        stopped = _stop_signals()
         _freeze_startup_objects()
+        await site.start()
         log.info("gateway_listening", host=settings.host, port=settings.port, pid=os.getpid())
-        signum = await _wait_for_signal()
+        signum = await stopped
         log.info("shutdown_requested", signal=signal.Signals(signum).name)
         # A reload may have changed it.
         await drain(app, app[STATE].settings.drain_seconds)
