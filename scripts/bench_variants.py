@@ -128,24 +128,26 @@ async def ttft_round_robin(
     before each request (0: back to back, so a reply's own wrap-up after its
     ``[DONE]`` may delay the next request)."""
     got: dict[str, list[float]] = {name: [] for name in targets}
-    cpu = dict.fromkeys(targets, 0.0)
     names = list(targets)
     bodies = {name: t.body(5, 0.0) for name, t in targets.items()}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for name in names:  # warm: connections, caches
             for _ in range(5):
                 await bench.read_stream(session, targets[name], bodies[name])
+        # Each process's whole CPU over the phase: a reply's wrap-up after its [DONE]
+        # (which may run while another target is asked) is counted too.
+        cpu = {name: servers[name].cpu_seconds() for name in names}
         for i in range(rounds):
             shift = i % len(names)
             for name in names[shift:] + names[:shift]:
                 if gap:
                     await asyncio.sleep(gap)
-                before = servers[name].cpu_seconds()
                 result = await bench.read_stream(session, targets[name], bodies[name])
-                cpu[name] += servers[name].cpu_seconds() - before
                 if result.ttft is not None and result.done:
                     got[name].append(result.ttft * 1000)
-    return got, {name: spent * 1000 / rounds for name, spent in cpu.items()}
+    await asyncio.sleep(0.2)  # the last wrap-up
+    spent = {name: servers[name].cpu_seconds() - cpu[name] for name in names}
+    return got, {name: seconds * 1000 / rounds for name, seconds in spent.items()}
 
 
 async def paced(

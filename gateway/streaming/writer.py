@@ -107,6 +107,7 @@ class EventStream:
                 # aiohttp may hold the headers back until the first body write.
                 await self._response.write(frame)
                 self._raw = True
+                self.last_write = self._loop.time()
             else:
                 self._pending.append(frame)
                 if self._flush_handle is None:
@@ -120,7 +121,6 @@ class EventStream:
             raise SendTimeout() from None
         except ConnectionError as exc:
             raise ClientGone() from exc
-        self.last_write = self._loop.time()
 
     def flush(self) -> None:
         """Send the events written so far: one chunk, one system call.
@@ -141,6 +141,7 @@ class EventStream:
         if transport is None or transport.is_closing():
             return
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        self.last_write = self._loop.time()
 
     async def ping(self) -> None:
         """A keep-alive comment; opens the stream when nothing was sent yet."""

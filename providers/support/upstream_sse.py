@@ -45,6 +45,18 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse ``chunk`` and return the events it completes (often none or one)."""
+        if (
+            self._started
+            and not self._carry
+            and not self._data
+            and not self._event
+            and chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        ):
+            # The common case, one whole one-line event (a token), without the line loop.
+            return [SSEEvent("message", chunk[6:-2])]
         buf = self._carry + chunk if self._carry else chunk
         if not self._started:
             if len(buf) < len(_BOM) and _BOM.startswith(buf):

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from config.models import UpstreamConfig
@@ -300,6 +302,28 @@ def test_sse_parser_splits_crlf_across_chunks_without_an_extra_blank_line() -> N
     assert parser.feed(b"data: a\r") == []
     assert parser.feed(b"\ndata: b\r") == []
     assert parser.feed(b"\n\r\n") == [SSEEvent("message", b"a\nb")]
+
+
+_PIECES = st.sampled_from(
+    [b"data: ", b"data: x", b'data: {"a":1}', b"\n", b"\n\n", b"\r", b"event: e\n", b": c\n", b"x"]
+)
+
+
+@given(st.lists(st.lists(_PIECES, max_size=6).map(b"".join), max_size=8))
+def test_sse_parser_fast_path_agrees_with_the_line_loop(chunks: list[bytes]) -> None:
+    """Whole one-line events take a shortcut; a byte at a time never does."""
+    whole = SSEParser()
+    got = [event for chunk in chunks for event in whole.feed(chunk)]
+    slow = SSEParser()
+    data = b"".join(chunks)
+    assert got == [event for i in range(len(data)) for event in slow.feed(data[i : i + 1])]
+
+
+def test_sse_parser_fast_path_keeps_a_pending_event_name() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"event: delta\n") == []
+    assert parser.feed(b"data: x\n\n") == [SSEEvent("delta", b"x")]
+    assert parser.feed(b"data: y\n\n") == [SSEEvent("message", b"y")]
 
 
 def test_retry_after_ignores_garbage() -> None:
