@@ -9,12 +9,13 @@ Per-model usage is keyed by model names from the routing table, a closed set.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from gateway.admission.store import (
     BUSY_RETRY_SECONDS,
@@ -65,14 +66,22 @@ class _KeyState:
     usage: KeyUsage = field(default_factory=empty_usage)
 
 
+_DAY_SECONDS = 86_400
+
+
+@functools.lru_cache(maxsize=8)
+def _day_label(day: int) -> str:
+    return datetime.fromtimestamp(day * _DAY_SECONDS, UTC).strftime("%Y-%m-%d")
+
+
 def utc_day(now: float) -> str:
     """The UTC date of an epoch time, as ``YYYY-MM-DD``."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+    return _day_label(int(now // _DAY_SECONDS))
 
 
 def oldest_day_kept(now: float) -> str:
     """The first UTC date still within the ``USAGE_DAYS`` kept."""
-    return (datetime.fromtimestamp(now, UTC) - timedelta(days=USAGE_DAYS - 1)).strftime("%Y-%m-%d")
+    return _day_label(int(now // _DAY_SECONDS) - (USAGE_DAYS - 1))
 
 
 def _add(counts: UsageCounts, usage: UsageRecord) -> None:
