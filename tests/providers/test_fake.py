@@ -7,6 +7,8 @@ import time
 
 import pytest
 import tiktoken
+from hypothesis import given
+from hypothesis import strategies as st
 
 from providers.base import ChatRequest, Provider
 from providers.errors import ProviderBadRequest, ProviderRateLimited, ProviderUnavailable
@@ -180,3 +182,27 @@ async def test_a_foreign_prefix_gets_a_new_reply(tokenizer: Tokenizer) -> None:
     assert texts
     assert texts != own
     assert texts == "".join(e.text for e in provider.reply(foreign, None))  # deterministic
+
+
+def _whole_excerpt(prompt: str, limit: int = 60) -> str:
+    """The excerpt as it was computed before: from the whole prompt."""
+    text = " ".join(prompt.split())
+    if not text:
+        return "your message"
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+@given(st.text(alphabet=st.sampled_from("ab \n\t\u00e9\u3000"), max_size=2000))
+def test_excerpt_reads_the_head_and_matches_the_whole(prompt: str) -> None:
+    from providers.fake.text import _excerpt
+
+    assert _excerpt(prompt) == _whole_excerpt(prompt)
+
+
+def test_excerpt_of_an_8_mib_prompt_is_its_first_words() -> None:
+    """Regression: collapsing the whole of an 8 MiB prompt held the event loop ~0.2 s."""
+    from providers.fake.text import _excerpt
+
+    prompt = "  lead   words here " + "word " * 1_700_000
+    assert _excerpt(prompt) == _whole_excerpt(prompt)
+    assert _excerpt(prompt).startswith("lead words here word word")
