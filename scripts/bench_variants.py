@@ -13,6 +13,8 @@ this reuses), and the measurements interleave them:
 * ``paced``  200 streams at 50 tokens/s each for ``--paced-seconds``, each variant in
              turn, ``--rounds`` rounds: CPU ms per 1,000 tokens of the variant's process
              (median of rounds), and its ratio to the first variant's in the same round;
+* ``flat``   64 streams flat out (2,000 tokens each), each variant in turn, ``--rounds``
+             rounds: CPU ms per 1,000 tokens and the ratio to the first variant's;
 * ``held``   ``--held`` slow streams held open, once per variant: RSS per open stream.
 
 Variants (``--variants``, comma-separated; the first is the reference for ratios;
@@ -74,7 +76,7 @@ PRESETS: dict[str, str | None] = {
     "keys": KEY,
     "keys-redis": KEY + "redis_url: {redis}\n",
 }
-MEASURES = ("ttft", "paced", "held")
+MEASURES = ("ttft", "paced", "flat", "held")
 
 
 def _preset(variant: str) -> str:
@@ -150,15 +152,15 @@ async def ttft_round_robin(
     return got, {name: seconds * 1000 / rounds for name, seconds in spent.items()}
 
 
-async def paced(
-    target: bench.Target, server: bench.Server, side: list[bench.Server], seconds: float
+async def load(
+    target: bench.Target, server: bench.Server, streams: int, tokens: int, delay: float
 ) -> float:
-    """CPU ms per 1,000 tokens of 200 streams at 50 tokens/s for ``seconds``."""
-    b = bench.Bench(target, server, side)
+    """CPU ms per 1,000 tokens of ``streams`` streams of ``tokens`` at ``delay`` s each."""
+    b = bench.Bench(target, server, [])
     try:
         await b.warm(20)
-        run = await b.run(200, int(seconds / bench.PACE), bench.PACE)
-        bench._check(run, f"{target.name} paced")
+        run = await b.run(streams, tokens, delay)
+        bench._check(run, f"{target.name} {streams}x{tokens}")
         return run.cpu_ms_per_1k()
     finally:
         await b.close()
@@ -273,7 +275,13 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                     f"  {name:12s} p50 {p50:.3f} ms (+{p50 - direct_p50:.3f}), "
                     f"CPU {cpu[name]:.3f} ms per request"
                 )
-        if "paced" in measures:
+        loads = {
+            "paced": (200, int(args.paced_seconds / bench.PACE), bench.PACE),
+            "flat": (64, 2000, 0.0),
+        }
+        for measure, (streams, tokens, delay) in loads.items():
+            if measure not in measures:
+                continue
             rounds: list[dict[str, float]] = []
             names = list(servers)
             for i in range(args.rounds):
@@ -281,17 +289,18 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                 this: dict[str, float] = {}
                 for name in names[shift:] + names[:shift]:
                     this[name] = asyncio.run(
-                        paced(targets[name], servers[name], [upstream], args.paced_seconds)
+                        load(targets[name], servers[name], streams, tokens, delay)
                     )
-                    print(f"  paced round {i + 1} {name:12s} {this[name]:.1f} CPU ms/1k tokens")
+                    print(f"  {measure} round {i + 1} {name:12s} {this[name]:.1f} CPU ms/1k tokens")
                 rounds.append(this)
             ref = names[0]
             for name in names:
                 values = [r[name] for r in rounds]
-                ratios = [r[name] / r[ref] for r in rounds]
-                results[name]["paced_cpu_ms_per_1k"] = statistics.median(values)
-                results[name]["paced_rounds"] = values
-                results[name]["paced_ratio_to_" + ref] = statistics.median(ratios)
+                results[name][f"{measure}_cpu_ms_per_1k"] = statistics.median(values)
+                results[name][f"{measure}_rounds"] = values
+                results[name][f"{measure}_ratio_to_{ref}"] = statistics.median(
+                    r[name] / r[ref] for r in rounds
+                )
         if "held" in measures:
             for name in servers:
                 results[name]["held"] = asyncio.run(held(targets[name], servers[name], args.held))
@@ -307,6 +316,8 @@ def report(results: dict[str, Any], variants: list[str]) -> str:
         ("CPU ms per 5-token request", "cpu_ms_per_request", ".3f"),
         ("200x50 CPU ms per 1k tokens (median of rounds)", "paced_cpu_ms_per_1k", ".1f"),
         (f"200x50 CPU per token vs {ref} (median of round ratios)", f"paced_ratio_to_{ref}", ".3f"),
+        ("64 flat out CPU ms per 1k tokens", "flat_cpu_ms_per_1k", ".1f"),
+        (f"64 flat out CPU per token vs {ref}", f"flat_ratio_to_{ref}", ".3f"),
     ]
     lines = ["| | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
     for label, key, spec in rows:
