@@ -45,19 +45,24 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse ``chunk`` and return the events it completes (often none or one)."""
-        if (
-            self._started
-            and not self._carry
-            and not self._data
-            and not self._event
-            and chunk.startswith(b"data: ")
-            and chunk.endswith(b"\n\n")
-            and chunk.count(b"\n") == 2
-            and b"\r" not in chunk
-        ):
-            # The common case, one whole one-line event (a token), without the line loop.
-            return [SSEEvent("message", chunk[6:-2])]
         buf = self._carry + chunk if self._carry else chunk
+        if self._started and not self._data and not self._event and b"\r" not in buf:
+            # The common case, whole one-line ``data:`` events (tokens), without the
+            # line loop; anything else takes the loop, from the same bytes.
+            end = buf.rfind(b"\n\n")
+            if end != -1:
+                events: list[SSEEvent] = []
+                for part in buf[:end].split(b"\n\n"):
+                    if not part.startswith(b"data: ") or b"\n" in part:
+                        break
+                    events.append(SSEEvent("message", part[6:]))
+                else:
+                    self._carry = buf[end + 2 :]
+                    return events
+        return self._lines(buf)
+
+    def _lines(self, buf: bytes) -> list[SSEEvent]:
+        """The line loop: ``buf`` is the carry and the new chunk."""
         if not self._started:
             if len(buf) < len(_BOM) and _BOM.startswith(buf):
                 self._carry = buf
