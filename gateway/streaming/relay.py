@@ -310,10 +310,11 @@ class StreamSession:
                     if head:
                         frame = head + frame
                         head = b""
-                    try:
-                        await primary.send(frame)
-                    except (ClientGone, SendTimeout) as exc:
-                        self._lost(exc)
+                    if not primary.try_queue(frame):
+                        try:
+                            await primary.send(frame)
+                        except (ClientGone, SendTimeout) as exc:
+                            self._lost(exc)
                 if meter is not None and len(texts) >= meter.next_debit:
                     await meter.debit(len(texts))
             elif type(event) is Usage or type(event) is TokenCount:
