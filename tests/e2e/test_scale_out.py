@@ -239,9 +239,16 @@ async def test_a_replica_killed_mid_stream(scale_out: Callable[..., Topology]) -
         assert not any('"error"' in d for d in got.data)
         assert served_tokens(got)[1] == 60
         assert sum(1 for c in got.chunks if c["choices"] and c["choices"][0]["finish_reason"]) == 1
-    # The survivor served the whole ones; the cut ones were on the dead replica.
-    on_survivor = {e["request_id"] for e in top.finished_on(survivor)}
-    assert {r.request_id for r in whole} <= on_survivor
+    # The survivor served the whole ones; the cut ones were on the dead replica. Its
+    # stream_finished lines follow the [DONE] it sent: wait for them a little.
+    wanted = {r.request_id for r in whole}
+    deadline = time.monotonic() + 5
+    while True:
+        on_survivor = {e["request_id"] for e in top.finished_on(survivor)}
+        if wanted <= on_survivor or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert wanted <= on_survivor
     assert not {r.request_id for r in cut} & on_survivor
     for reading in cut:
         got = reading.captured
