@@ -30,6 +30,9 @@ Variants (``--variants``, comma-separated; the first is the reference for ratios
                    feature of this turn on
 * ``keys-redis``   ``keys`` with ``redis_url`` (a redis-server started here): limits and the
                    reply log in Redis
+* ``redis``        default with ``redis_url``: no keys, so only the reply log in Redis
+* ``keys-plain`` / ``keys-redis-plain``   ``keys`` / ``keys-redis`` with ``resumable: false``:
+                   the limits alone, in process or in Redis
 
     .venv/bin/python scripts/bench_variants.py --variants bare,default,keys
     .venv/bin/python scripts/bench_variants.py --variants default,no-metrics --only paced
@@ -75,6 +78,9 @@ PRESETS: dict[str, str | None] = {
     "no-resume": "resumable: false\n",
     "keys": KEY,
     "keys-redis": KEY + "redis_url: {redis}\n",
+    "redis": "redis_url: {redis}\n",
+    "keys-plain": KEY + "resumable: false\n",
+    "keys-redis-plain": KEY + "redis_url: {redis}\nresumable: false\n",
 }
 MEASURES = ("ttft", "paced", "flat", "held")
 
