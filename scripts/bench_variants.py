@@ -31,6 +31,7 @@ Variants (``--variants``, comma-separated; the first is the reference for ratios
 * ``keys-redis``   ``keys`` with ``redis_url`` (a redis-server started here): limits and the
                    reply log in Redis
 * ``redis``        default with ``redis_url``: no keys, so only the reply log in Redis
+* ``short-ttl``    default with ``resume_ttl_seconds: 1``: ended replies' logs go at once
 * ``keys-plain`` / ``keys-redis-plain``   ``keys`` / ``keys-redis`` with ``resumable: false``:
                    the limits alone, in process or in Redis
 
@@ -79,6 +80,7 @@ PRESETS: dict[str, str | None] = {
     "keys": KEY,
     "keys-redis": KEY + "redis_url: {redis}\n",
     "redis": "redis_url: {redis}\n",
+    "short-ttl": "resume_ttl_seconds: 1\n",
     "keys-plain": KEY + "resumable: false\n",
     "keys-redis-plain": KEY + "redis_url: {redis}\nresumable: false\n",
 }
