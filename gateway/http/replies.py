@@ -125,6 +125,9 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
         ids=settings.resumable,
     )
     if inbound.stream:
+        # The parsed request (~2 KB) and the body are not needed while streaming: the
+        # encoder, the record and the log have what is; this frame lives as long.
+        del parsed, body
         return await session.run()
     session.start()
     return json_response(parsed.pending(record.reply_id, record.created), headers=headers)
