@@ -131,12 +131,10 @@ async def ttft_round_robin(
     targets: dict[str, bench.Target],
     servers: dict[str, bench.Server],
     rounds: int,
-    gap: float = 0.0,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """TTFT in ms of one short stream to each target in turn, ``rounds`` times; and the
-    CPU ms per request each target's process spent on them. ``gap``: seconds idle
-    before each request (0: back to back, so a reply's own wrap-up after its
-    ``[DONE]`` may delay the next request)."""
+    CPU ms per request each target's process spent on them. Back to back: a reply's
+    own wrap-up after its ``[DONE]`` may delay the next request."""
     got: dict[str, list[float]] = {name: [] for name in targets}
     names = list(targets)
     bodies = {name: t.body(5, 0.0) for name, t in targets.items()}
@@ -150,8 +148,6 @@ async def ttft_round_robin(
         for i in range(rounds):
             shift = i % len(names)
             for name in names[shift:] + names[:shift]:
-                if gap:
-                    await asyncio.sleep(gap)
                 result = await bench.read_stream(session, targets[name], bodies[name])
                 if result.ttft is not None and result.done:
                     got[name].append(result.ttft * 1000)
@@ -187,9 +183,6 @@ def main() -> None:
     parser.add_argument("--variants", type=_variants, default=_variants("bare,default,keys"))
     parser.add_argument("--only", default=",".join(MEASURES), help="ttft,paced,held")
     parser.add_argument("--ttft", type=int, default=300, help="rounds of the TTFT measure")
-    parser.add_argument(
-        "--ttft-gap-ms", type=float, default=0.0, help="idle time before each TTFT request"
-    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the paced measure")
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument("--held", type=int, default=1000, help="streams held open")
@@ -269,7 +262,6 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                     {"direct": direct, **targets},
                     {"direct": upstream, **servers},
                     args.ttft,
-                    args.ttft_gap_ms / 1000,
                 )
             )
             direct_p50 = statistics.median(got.pop("direct"))

@@ -310,11 +310,10 @@ class StreamSession:
                     if head:
                         frame = head + frame
                         head = b""
-                    if not primary.try_queue(frame):
-                        try:
-                            await primary.send(frame)
-                        except (ClientGone, SendTimeout) as exc:
-                            self._lost(exc)
+                    try:
+                        await primary.send(frame)
+                    except (ClientGone, SendTimeout) as exc:
+                        self._lost(exc)
                 if meter is not None and len(texts) >= meter.next_debit:
                     await meter.debit(len(texts))
             elif type(event) is Usage or type(event) is TokenCount:

@@ -97,20 +97,6 @@ class EventStream:
         self._chunked = self._response.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self.last_write = self._loop.time()
 
-    def try_queue(self, frame: bytes) -> bool:
-        """:meth:`send` without a coroutine, when nothing needs waiting for: the
-        headers are out, the socket is open and has no backlog. False: nothing was
-        queued; call :meth:`send`."""
-        transport = self._transport
-        if not self._raw or transport is None or transport.get_write_buffer_size():
-            return False
-        if transport.is_closing():
-            return False
-        self._pending.append(frame)
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
-        return True
-
     async def send(self, frame: bytes) -> None:
         """Write one framed event, waiting for the socket when a backlog exists."""
         transport = self._transport

@@ -45,20 +45,7 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse ``chunk`` and return the events it completes (often none or one)."""
-        if self._carry:
-            buf = self._carry + chunk
-        else:
-            buf = chunk
-            if (  # one whole event, the commonest read of all: no split, no loop
-                chunk.startswith(b"data: ")
-                and chunk.endswith(b"\n\n")
-                and chunk.count(b"\n") == 2
-                and self._started
-                and not self._data
-                and not self._event
-                and b"\r" not in chunk
-            ):
-                return [SSEEvent("message", chunk[6:-2])]
+        buf = self._carry + chunk if self._carry else chunk
         if self._started and not self._data and not self._event and b"\r" not in buf:
             # The common case, whole one-line ``data:`` events (tokens), without the
             # line loop; anything else takes the loop, from the same bytes.

@@ -16,7 +16,7 @@ from playwright.async_api import async_playwright
 from structlog.testing import capture_logs
 
 from tests.conftest import MakeGateway
-from tests.e2e.test_chat_page import CHROMIUM, CHROMIUM_ARGS
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 

@@ -749,21 +749,25 @@ hostile_chunks = st.one_of(
 )
 
 
+def _route_to(fake: Any, provider: str) -> dict[str, Any]:
+    """A model ``up`` routed to ``fake`` through ``provider``, no retries, short timeouts."""
+    return {
+        "name": "up",
+        "provider": provider,
+        "base_url": fake.base_url,
+        "api_key": "k",
+        "retries": 0,
+        "timeouts": {"connect": 2, "first_token": 5, "idle": 5},
+    }
+
+
 @pytest.fixture
 async def hostile_upstream(make_gateway: Any) -> AsyncIterator[tuple[Any, str]]:
     """A fake OpenAI upstream and a gateway routing ``up`` to it, for every example."""
     from tests.support.fakes.openai_upstream import FakeOpenAIUpstream
 
     async with FakeOpenAIUpstream() as fake:
-        model = {
-            "name": "up",
-            "provider": "openai",
-            "base_url": fake.base_url,
-            "api_key": "k",
-            "retries": 0,
-            "timeouts": {"connect": 2, "first_token": 5, "idle": 5},
-        }
-        yield fake, await make_gateway(models=[model])
+        yield fake, await make_gateway(models=[_route_to(fake, "openai")])
 
 
 @settings(FUZZ, max_examples=_EXPLORE or 60)
@@ -904,15 +908,7 @@ async def hostile_anthropic(make_gateway: Any) -> AsyncIterator[tuple[Any, str]]
     from tests.support.fakes.anthropic_upstream import FakeAnthropicUpstream
 
     async with FakeAnthropicUpstream() as fake:
-        model = {
-            "name": "up",
-            "provider": "anthropic",
-            "base_url": fake.base_url,
-            "api_key": "k",
-            "retries": 0,
-            "timeouts": {"connect": 2, "first_token": 5, "idle": 5},
-        }
-        yield fake, await make_gateway(models=[model])
+        yield fake, await make_gateway(models=[_route_to(fake, "anthropic")])
 
 
 @settings(FUZZ, max_examples=_EXPLORE or 80)

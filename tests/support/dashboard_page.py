@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, expect
 
-# Launched exactly as tests/e2e/test_chat_page.py launches Debian's Chromium.
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS, chromium
+
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "chromium"]
+
 UI_TIMEOUT_MS = 15_000
 #: What the page shows for a number with no data yet (an en dash).
 NO_DATA = "\u2013"
@@ -29,23 +18,6 @@ NUMBERS = ("in-flight", "tokens-1s", "tokens-60s", "requests-60s", "ttft-p50")
 CHARTS = ("chart-tokens", "chart-inflight", "chart-ttft")
 # A path with at least two points: the chart draws a line, not nothing.
 DRAWN = re.compile(r"^M[\d.]+,[\d.]+L[\d.]+,[\d.]+")
-
-
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    """The browser, or a skip (a failure in CI) when Debian's chromium is not installed."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing in CI: install Debian's chromium package")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 class Watched:

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,6 +29,7 @@ from playwright.async_api import Request, Route, async_playwright, expect
 from structlog.testing import capture_logs
 
 from tests.e2e.realmodel.conftest import MODEL_ALIAS, LlamaServer, unavailable_reason
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS
 
 # One skip line for the module rather than one per test.
 if reason := unavailable_reason():
@@ -39,7 +39,6 @@ pytestmark = pytest.mark.realmodel
 
 GREEDY: dict[str, Any] = {"temperature": 0, "seed": 1234}
 ROUTE = "smol"
-CHROMIUM = Path("/usr/bin/chromium")
 # Fullwidth punctuation is the point: Chinese as it is written.
 CJK_PROMPT = "请用中文回答：天空是什么颜色？"  # noqa: RUF001
 
@@ -272,7 +271,7 @@ async def test_chat_page_streams_a_real_reply(
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
         )
         try:
             page = await browser.new_page()
