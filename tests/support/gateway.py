@@ -40,6 +40,8 @@ class GatewayProcess:
         full_env = {**os.environ, "TOKENPIPE_LOG_FORMAT": "json", **(env or {})}
         # Logs go to a file, not a pipe: an unread pipe fills up and blocks the gateway.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        #: Processes serving (``--workers N``): ready once each of them listens.
+        self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", *port_flag, *args],
             cwd=ROOT,
@@ -75,9 +77,15 @@ class GatewayProcess:
                 raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.logs()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            # With workers, the first one listening is not all of them: until the last
+            # one is, the kernel gives it no connections.
+            if self.workers == 1 or len(self.log_events("gateway_listening")) >= self.workers:
+                return
+            time.sleep(0.05)
         raise TimeoutError("gateway did not start")
 
     def stop(self) -> tuple[int, str]:
