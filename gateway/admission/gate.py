@@ -12,11 +12,9 @@ OpenAI's codes and ``x-ratelimit-*`` headers.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -84,6 +82,19 @@ def _refusal(identity: Identity, admission: Admission, headers: dict[str, str]) 
     )
 
 
+def _has_room(admission: Admission, reserve_tokens: int) -> bool:
+    """Admitted with room left for another request like this one (on every limit
+    but ``max_streams``, which the store does not report; it is rechecked all the
+    same, by the admission running beside the upstream)."""
+    if not admission.admitted:
+        return False
+    if admission.remaining_requests is not None and admission.remaining_requests < 2:
+        return False
+    if admission.remaining_tokens is not None and admission.remaining_tokens < 2 * reserve_tokens:
+        return False
+    return admission.remaining_budget is None or admission.remaining_budget >= 2 * reserve_tokens
+
+
 @dataclass(slots=True, eq=False)
 class Ticket:
     """One admitted reply's reservation: debited while streaming, settled once."""
@@ -109,6 +120,12 @@ class Ticket:
             return
         tokens = total - self.debited
         self.debited = total
+        budget = reservation.limits.budget_tokens
+        if budget is None or total <= reservation.reserved:
+            # Within the reservation the budget had room (admission made sure):
+            # charge it without waiting for the answer.
+            self.gate.store.debit_soon(reservation, tokens)
+            return
         try:
             remaining = await self.gate.store.debit(reservation, tokens)
         except StoreUnavailable:
@@ -119,7 +136,7 @@ class Ticket:
             )
 
     def settle(self, record: ReplyRecord) -> None:
-        """The record's observer: charge what was sent, exactly once, in the background."""
+        """The record's observer: charge what was sent, exactly once, without waiting."""
         if self.settled:
             return
         self.settled = True
@@ -130,7 +147,7 @@ class Ticket:
         usage = UsageRecord(
             model=record.request.model, prompt_tokens=prompt, completion_tokens=completion
         )
-        self.gate.spawn(self.gate.store.settle(self.reservation, prompt + completion, usage))
+        self.gate.store.settle_soon(self.reservation, prompt + completion, usage)
 
 
 class Gate:
@@ -139,7 +156,19 @@ class Gate:
     def __init__(self, ring: KeyRing, store: StateStore) -> None:
         self.ring = ring
         self.store = store
-        self._pending: set[asyncio.Task[object]] = set()
+        #: Per key name (a closed set): whether its latest admission left room for
+        #: more, so the next one may run beside the upstream's start.
+        self._room: dict[str, bool] = {}
+
+    def admits_ahead(self, identity: Identity) -> bool:
+        """Whether ``identity``'s next admission may run while the upstream starts.
+
+        Only with a store that answers in a round trip (Redis), and only while the
+        key's latest admission in this process left clear room: its first request,
+        and every one after a refusal or near a limit, waits for the answer first,
+        so a refused key does not reach the upstream.
+        """
+        return not self.store.answers_at_once and self._room.get(identity.name, False)
 
     @property
     def enabled(self) -> bool:
@@ -172,39 +201,27 @@ class Gate:
 
     async def admit(self, identity: Identity, reserve_tokens: int) -> Ticket:
         """Reserve ``reserve_tokens`` for ``identity``; raises 429 or 503."""
-        started = time.perf_counter()
         try:
             admission = await self.store.admit(identity.name, identity.limits, reserve_tokens)
         except StoreUnavailable as exc:
             if identity.fail_open:
+                self._room[identity.name] = False
                 log.warning("limits_unavailable_admitted", key=identity.name, error=str(exc))
                 return Ticket(self, identity, None)
+            self._room[identity.name] = False
             log.warning("limits_unavailable", key=identity.name, error=str(exc))
             raise LimitsUnavailable(
                 "The gateway cannot check this key's limits right now; retry shortly.",
                 headers={"Retry-After": "1"},
             ) from None
+        self._room[identity.name] = _has_room(admission, reserve_tokens)
         headers = ratelimit_headers(admission)
         if not admission.admitted:
             limit = _LIMIT_OF_REASON.get(admission.reason or "", ("requests", "rpm"))
             log.info("rate_limited", key=identity.name, limit=limit[1])
             raise _refusal(identity, admission, headers)
-        log.debug("admitted", key=identity.name, ms=round((time.perf_counter() - started) * 1e3, 3))
         return Ticket(self, identity, admission.reservation, headers)
 
-    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        """Run a settle in the background; :meth:`aclose` waits for it."""
-        task: asyncio.Task[object] = asyncio.ensure_future(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._settled)
-
-    def _settled(self, task: asyncio.Task[object]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("settle_failed", error=repr(task.exception()))
-
     async def aclose(self) -> None:
-        """Wait for settles in flight, then close the store."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=5)
+        """Close the store (it sends the settles it has queued first)."""
         await self.store.aclose()

@@ -55,6 +55,10 @@ class _Ended:
 class _KeyState:
     requests: deque[float] = field(default_factory=deque)
     buckets: dict[int, int] = field(default_factory=dict)
+    #: The sum of ``buckets``, and their oldest second (``inf`` when there is none):
+    #: the window is pruned only once that one left it, not on every call.
+    used: int = 0
+    oldest_bucket: float = math.inf
     live: dict[str, _Lease] = field(default_factory=dict)
     ended: OrderedDict[str, _Ended] = field(default_factory=OrderedDict)
     outstanding: int = 0
@@ -105,6 +109,8 @@ def _copy(counts: UsageCounts) -> UsageCounts:
 class MemoryStore:
     """A ``StateStore`` held in this process."""
 
+    answers_at_once = True
+
     def __init__(self, reservation_ttl: float = DEFAULT_RESERVATION_TTL) -> None:
         self._ttl = reservation_ttl
         self._keys: dict[str, _KeyState] = {}
@@ -133,14 +139,20 @@ class MemoryStore:
             ended.popitem(last=False)
         while state.requests and state.requests[0] <= now - WINDOW_SECONDS:
             state.requests.popleft()
-        for bucket in [b for b in state.buckets if b + WINDOW_SECONDS <= now]:
-            del state.buckets[bucket]
+        if now >= state.oldest_bucket + WINDOW_SECONDS:
+            buckets = state.buckets
+            for bucket in [b for b in buckets if b + WINDOW_SECONDS <= now]:
+                state.used -= buckets.pop(bucket)
+            state.oldest_bucket = min(buckets, default=math.inf)
 
     @staticmethod
     def _charge(state: _KeyState, tokens: int, now: float) -> None:
         if tokens > 0:
             bucket = math.floor(now)
             state.buckets[bucket] = state.buckets.get(bucket, 0) + tokens
+            state.used += tokens
+            if bucket < state.oldest_bucket:
+                state.oldest_bucket = bucket
             state.spent += tokens
 
     @staticmethod
@@ -156,7 +168,7 @@ class MemoryStore:
         now = time.time() if now is None else now
         state = self._state(key, now)
         state.budget = limits.budget_tokens
-        used = sum(state.buckets.values())
+        used = state.used
         reserved = reserve_tokens
         reason: RefusalReason | None = None
         retry: float | None = None
@@ -214,7 +226,7 @@ class MemoryStore:
             else max(0, limits.tpm - used - state.outstanding),
             reset_tokens=None
             if limits.tpm is None
-            else (min(state.buckets) + WINDOW_SECONDS - now if state.buckets else 0.0),
+            else (state.oldest_bucket + WINDOW_SECONDS - now if state.buckets else 0.0),
             remaining_budget=self._remaining_budget(state, budget),
             reservation=reservation,
         )
@@ -238,7 +250,13 @@ class MemoryStore:
         self, reservation: Reservation, tokens: int, now: float | None = None
     ) -> int | None:
         """See ``StateStore.debit``."""
-        now = time.time() if now is None else now
+        return self._debit(reservation, tokens, time.time() if now is None else now)
+
+    def debit_soon(self, reservation: Reservation, tokens: int) -> None:
+        """See ``StateStore.debit_soon``: here, at once."""
+        self._debit(reservation, tokens, time.time())
+
+    def _debit(self, reservation: Reservation, tokens: int, now: float) -> int | None:
         state = self._state(reservation.key, now)
         if tokens > 0:
             lease = state.live.get(reservation.id)
@@ -248,6 +266,9 @@ class MemoryStore:
                 lease.outstanding -= taken
                 state.outstanding -= taken
                 lease.debited += tokens
+                # Tokens flowing are the producer alive: the lease goes on (the
+                # scan's lower bound ``next_expiry`` stays valid when it moves later).
+                lease.expires_at = now + self._ttl
                 self._charge(state, tokens, now)
             elif ended is None or not ended.settled:
                 # Lease lapsed (or forgotten): the tokens were still delivered.
@@ -264,7 +285,15 @@ class MemoryStore:
         now: float | None = None,
     ) -> bool:
         """See ``StateStore.settle``."""
-        now = time.time() if now is None else now
+        return self._settle(reservation, actual_tokens, usage, time.time() if now is None else now)
+
+    def settle_soon(self, reservation: Reservation, actual_tokens: int, usage: UsageRecord) -> None:
+        """See ``StateStore.settle_soon``: here, at once."""
+        self._settle(reservation, actual_tokens, usage, time.time())
+
+    def _settle(
+        self, reservation: Reservation, actual_tokens: int, usage: UsageRecord, now: float
+    ) -> bool:
         state = self._state(reservation.key, now)
         lease = state.live.pop(reservation.id, None)
         if lease is not None:
@@ -282,10 +311,16 @@ class MemoryStore:
         totals = state.usage
         _add(totals, usage)
         _add(totals["by_model"].setdefault(usage.model, _zero()), usage)
-        _add(totals["by_day"].setdefault(utc_day(now), _zero()), usage)
-        cutoff = oldest_day_kept(now)
-        for day in [d for d in totals["by_day"] if d < cutoff]:
-            del totals["by_day"][day]
+        by_day = totals["by_day"]
+        day = utc_day(now)
+        counts = by_day.get(day)
+        if counts is None:
+            # A new day: drop the days that left the kept range (once a day).
+            cutoff = oldest_day_kept(now)
+            for old in [d for d in by_day if d < cutoff]:
+                del by_day[old]
+            counts = by_day[day] = _zero()
+        _add(counts, usage)
         return True
 
     async def renew(self, reservation: Reservation, now: float | None = None) -> bool:
@@ -317,6 +352,9 @@ class MemoryStore:
                 "remaining_budget": self._remaining_budget(state, state.budget),
             }
         return result
+
+    async def flush(self) -> None:
+        """Nothing is queued here."""
 
     async def aclose(self) -> None:
         """Nothing to release."""

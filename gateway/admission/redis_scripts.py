@@ -186,25 +186,71 @@ return {admitted, reason, tostring(retry), rem_req, tostring(reset_req), rem_tok
 """
 )
 
-#: ARGV[3..]: id, tokens, budget. Returns the remaining budget, -1 if unlimited.
-DEBIT = (
-    _PRELUDE
-    + """
-local id, tokens, budget = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-prune()
-if tokens > 0 then
+_ONE_REPLY = """
+-- Charge tokens delivered mid-stream (taken off the reservation's outstanding part)
+-- and push the lease out by ttl (nil: keep it); tokens 0 only renews.
+local function debit_one(id, tokens, ttl)
   local o = redis.call('HGET', res, 'o:' .. id)
   if o then
+    if ttl then redis.call('ZADD', lease, 'XX', now + ttl, id) end
+    if tokens <= 0 then return end
     local take = math.min(tokens, tonumber(o))
     decr(res, 'o:' .. id, take)
     decr(res, 'out', take)
     redis.call('HINCRBY', res, 'd:' .. id, tokens)
     charge(tokens)
-  elseif redis.call('HEXISTS', res, 's:' .. id) == 0 then
+  elseif tokens > 0 and redis.call('HEXISTS', res, 's:' .. id) == 0 then
     -- Lease lapsed (or forgotten): the tokens were still delivered.
     if redis.call('ZSCORE', ended, id) then redis.call('HINCRBY', res, 'd:' .. id, tokens) end
     charge(tokens)
   end
+end
+
+-- Release the reservation, charge what was not debited yet, add the usage.
+-- Returns 1 when settled now, 0 when it already was (or is unknown).
+local function settle_one(id, actual, prompt, completion, model, day, first_kept)
+  if redis.call('HEXISTS', res, 's:' .. id) == 1 then return 0 end
+  local o = redis.call('HGET', res, 'o:' .. id)
+  if o then
+    decr(res, 'out', tonumber(o))
+    redis.call('HDEL', res, 'o:' .. id)
+    redis.call('ZREM', lease, id)
+  elseif not redis.call('ZSCORE', ended, id) then
+    return 0
+  end
+  local debited = tonumber(redis.call('HGET', res, 'd:' .. id) or '0')
+  redis.call('ZADD', ended, now, id)
+  redis.call('HSET', res, 's:' .. id, 1, 'd:' .. id, debited)
+  charge(actual - debited)
+
+  redis.call('HINCRBY', st, 'requests', 1)
+  redis.call('HINCRBY', st, 'prompt', prompt)
+  redis.call('HINCRBY', st, 'completion', completion)
+  redis.call('HINCRBY', st, 'm:' .. model .. ':r', 1)
+  redis.call('HINCRBY', st, 'm:' .. model .. ':p', prompt)
+  redis.call('HINCRBY', st, 'm:' .. model .. ':c', completion)
+  if redis.call('HINCRBY', days, day .. ':r', 1) == 1 then
+    -- A new day: drop the days that left the kept range (at most once a day).
+    for _, f in ipairs(redis.call('HKEYS', days)) do
+      if string.sub(f, 1, 10) < first_kept then redis.call('HDEL', days, f) end
+    end
+  end
+  redis.call('HINCRBY', days, day .. ':p', prompt)
+  redis.call('HINCRBY', days, day .. ':c', completion)
+  redis.call('EXPIRE', days, __DAYS_TTL__)
+  return 1
+end
+""".replace("__DAYS_TTL__", str(DAYS_TTL_SECONDS))
+
+#: ARGV[3..]: id, tokens, budget. Returns the remaining budget, -1 if unlimited.
+DEBIT = (
+    _PRELUDE
+    + _ONE_REPLY
+    + """
+local id, tokens, budget = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+prune()
+if tokens > 0 then
+  debit_one(id, tokens, nil)
   expire_all()
 end
 return remaining_budget(budget)
@@ -215,43 +261,40 @@ return remaining_budget(budget)
 #: Returns 1 when settled now, 0 when it already was (or is unknown).
 SETTLE = (
     _PRELUDE
+    + _ONE_REPLY
     + """
-local id, actual = ARGV[3], tonumber(ARGV[4])
-local prompt, completion, model = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local day, first_kept = ARGV[8], ARGV[9]
 prune()
-if redis.call('HEXISTS', res, 's:' .. id) == 1 then return 0 end
-local o = redis.call('HGET', res, 'o:' .. id)
-if o then
-  decr(res, 'out', tonumber(o))
-  redis.call('HDEL', res, 'o:' .. id)
-  redis.call('ZREM', lease, id)
-elseif not redis.call('ZSCORE', ended, id) then
-  return 0
-end
-local debited = tonumber(redis.call('HGET', res, 'd:' .. id) or '0')
-redis.call('ZADD', ended, now, id)
-redis.call('HSET', res, 's:' .. id, 1, 'd:' .. id, debited)
-charge(actual - debited)
+local done = settle_one(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+                        ARGV[7], ARGV[8], ARGV[9])
+if done == 1 then expire_all() end
+return done
+"""
+)
 
-redis.call('HINCRBY', st, 'requests', 1)
-redis.call('HINCRBY', st, 'prompt', prompt)
-redis.call('HINCRBY', st, 'completion', completion)
-redis.call('HINCRBY', st, 'm:' .. model .. ':r', 1)
-redis.call('HINCRBY', st, 'm:' .. model .. ':p', prompt)
-redis.call('HINCRBY', st, 'm:' .. model .. ':c', completion)
-if redis.call('HINCRBY', days, day .. ':r', 1) == 1 then
-  -- A new day: drop the days that left the kept range (at most once a day).
-  for _, f in ipairs(redis.call('HKEYS', days)) do
-    if string.sub(f, 1, 10) < first_kept then redis.call('HDEL', days, f) end
-  end
+#: Many replies of one key in one step (``RedisStore``'s batches).
+#: ARGV[3..]: ttl, day, first day kept, the number of debits, then per debit its id
+#: and tokens (0: only renew the lease), then per settle its id, actual, prompt,
+#: completion and model. Returns the number of replies settled now.
+BATCH = (
+    _PRELUDE
+    + _ONE_REPLY
+    + """
+local ttl, day, first_kept, ndebits = tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
+prune()
+local i = 7
+for _ = 1, ndebits do
+  debit_one(ARGV[i], tonumber(ARGV[i + 1]), ttl)
+  i = i + 2
 end
-redis.call('HINCRBY', days, day .. ':p', prompt)
-redis.call('HINCRBY', days, day .. ':c', completion)
-redis.call('EXPIRE', days, __DAYS_TTL__)
+local settled = 0
+while i <= #ARGV do
+  settled = settled + settle_one(ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+                                 tonumber(ARGV[i + 3]), ARGV[i + 4], day, first_kept)
+  i = i + 5
+end
 expire_all()
-return 1
-""".replace("__DAYS_TTL__", str(DAYS_TTL_SECONDS))
+return settled
+"""
 )
 
 #: ARGV[3..]: id, ttl. Returns 1 when renewed, 0 when the lease already ended.

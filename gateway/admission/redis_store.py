@@ -5,14 +5,29 @@ One ``redis.asyncio`` connection pool; every operation is one Lua script
 loading it (after a Redis restart, say). Keys are ``<prefix>:{<name>}:<part>``:
 the hash tag keeps one API key's state in one cluster slot.
 
-Failure is fast and typed: half a second to connect, a second per command,
-one immediate retry on a dropped connection (a stale pooled socket after a
-restart) and none on a timeout. Any Redis or socket error leaves this module
-as ``StoreUnavailable``. The pool reconnects by itself once Redis is back.
+Only admission waits for Redis. What a reply does later is queued and sent in
+batches, one ``BATCH`` script per API key: the debits of tokens delivered within
+a reservation (``debit_soon``) every :data:`FLUSH_SECONDS`, the settles
+(``settle_soon``) at the end of the loop turn that queued them (or when the batch
+in flight returns: under load they gather while it is away), and the renewal of
+every live lease every :data:`RENEW_SECONDS` (a lease lapses
+:data:`LEASE_SECONDS` after its last renewal, so the reservation of a reply whose
+process died stops counting within a minute). A batch that fails is not lost:
+its settles are retried, backing off up to :data:`MAX_RETRY_SECONDS` (at most
+:data:`MAX_PENDING_SETTLES` kept); its debits are dropped, which is safe, since a
+settle charges whatever was not debited.
+
+Failure is fast and typed: half a second to connect, a second per command
+(one ``asyncio.timeout`` around it: redis-py's own ``socket_timeout`` would run
+every send in a task of its own), one immediate retry on a dropped connection (a
+stale pooled socket after a restart) and none on a timeout. Any Redis or socket
+error leaves this module as ``StoreUnavailable``. The pool reconnects by itself
+once Redis is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import time
@@ -20,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -29,7 +45,6 @@ from redis.exceptions import RedisError
 from gateway.admission import redis_scripts
 from gateway.admission.memory_store import ENDED_GRACE_SECONDS, oldest_day_kept, utc_day
 from gateway.admission.store import (
-    DEFAULT_RESERVATION_TTL,
     Admission,
     KeyUsage,
     Limits,
@@ -40,6 +55,19 @@ from gateway.admission.store import (
     UsageRecord,
     empty_usage,
 )
+
+log = structlog.get_logger("tokenpipe.admission")
+
+#: Queued debits, settles and renewals go to Redis this often.
+FLUSH_SECONDS = 0.05
+#: A lease lapses this long after its last renewal (its process died)...
+LEASE_SECONDS = 60.0
+#: ...and every live one is renewed this often.
+RENEW_SECONDS = 20.0
+#: The longest wait between two tries of a batch while Redis is unreachable.
+MAX_RETRY_SECONDS = 5.0
+#: Settles kept for a retry while Redis is unreachable; beyond, the oldest are dropped.
+MAX_PENDING_SETTLES = 100_000
 
 
 def _arg(value: int | float | None) -> str:
@@ -58,24 +86,30 @@ def _opt_float(value: Any) -> float | None:
 class RedisStore:
     """A ``StateStore`` in Redis: limits hold across every process sharing it."""
 
+    answers_at_once = False
+
     def __init__(
         self,
         url: str,
         *,
         prefix: str = "tokenpipe",
-        reservation_ttl: float = DEFAULT_RESERVATION_TTL,
+        reservation_ttl: float = LEASE_SECONDS,
         connect_timeout: float = 0.5,
         timeout: float = 1.0,
+        flush_seconds: float = FLUSH_SECONDS,
+        renew_seconds: float = RENEW_SECONDS,
     ) -> None:
         self._prefix = prefix
         self._ttl = reservation_ttl
+        self._timeout = timeout
+        self._flush_seconds = flush_seconds
+        self._renew_seconds = renew_seconds
         # The lease keys must outlive the longest lease plus the settle grace.
         self._keep = math.ceil(reservation_ttl + ENDED_GRACE_SECONDS)
         self._redis: Redis = Redis.from_url(
             url,
             decode_responses=True,
             socket_connect_timeout=connect_timeout,
-            socket_timeout=timeout,
             # redis-py's default retries three times with backoff up to 10 s: a dead
             # Redis would hang requests. Only a dropped connection is retried.
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1, (RedisConnectionError,)),
@@ -85,8 +119,20 @@ class RedisStore:
         self._debit = self._redis.register_script(redis_scripts.DEBIT)
         self._settle = self._redis.register_script(redis_scripts.SETTLE)
         self._renew = self._redis.register_script(redis_scripts.RENEW)
+        self._batch = self._redis.register_script(redis_scripts.BATCH)
         #: Names already added to the key index by this process (a closed set).
         self._indexed: set[str] = set()
+        #: Live reservations admitted here, by key name and id: renewed in batches.
+        self._live: dict[str, dict[str, Reservation]] = {}
+        #: Queued for the next batch, by key name: debits (id -> tokens) and settles.
+        self._debits: dict[str, dict[str, int]] = {}
+        self._settles: dict[str, dict[str, tuple[int, UsageRecord]]] = {}
+        self._pending_settles = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._next_renew = 0.0
+        #: Seconds before the next try while Redis refuses batches (0: it takes them).
+        self._retry_delay = 0.0
 
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self._prefix!r})"
@@ -109,7 +155,8 @@ class RedisStore:
 
     async def _run(self, script: Any, name: str, args: Sequence[str | int]) -> Any:
         with self._unavailable():
-            return await script(keys=self._keys(name), args=args)
+            async with asyncio.timeout(self._timeout):
+                return await script(keys=self._keys(name), args=args)
 
     async def admit(
         self, key: str, limits: Limits, reserve_tokens: int, now: float | None = None
@@ -119,8 +166,9 @@ class RedisStore:
             raise ValueError("reserve_tokens must be >= 0")
         if key not in self._indexed:
             with self._unavailable():
-                await self._redis.sadd(self._index, key)  # type: ignore[misc]
-                await self._redis.expire(self._index, redis_scripts.STATE_TTL_SECONDS)
+                async with asyncio.timeout(self._timeout):
+                    await self._redis.sadd(self._index, key)  # type: ignore[misc]
+                    await self._redis.expire(self._index, redis_scripts.STATE_TTL_SECONDS)
             self._indexed.add(key)
         rid = secrets.token_hex(12)
         raw = await self._run(
@@ -140,6 +188,12 @@ class RedisStore:
         )
         admitted = bool(raw[0])
         reason: RefusalReason | None = raw[1] or None
+        reservation = (
+            Reservation(rid, key, int(raw[8]), float(raw[9]), limits) if admitted else None
+        )
+        if reservation is not None:
+            self._live.setdefault(key, {})[rid] = reservation
+            self._schedule(self._renew_seconds)
         return Admission(
             admitted=admitted,
             reason=reason,
@@ -151,21 +205,153 @@ class RedisStore:
             remaining_tokens=_opt_int(raw[5]),
             reset_tokens=_opt_float(raw[6]),
             remaining_budget=_opt_int(raw[7]),
-            reservation=Reservation(rid, key, int(raw[8]), float(raw[9]), limits)
-            if admitted
-            else None,
+            reservation=reservation,
         )
 
     async def debit(
         self, reservation: Reservation, tokens: int, now: float | None = None
     ) -> int | None:
-        """See ``StateStore.debit``."""
+        """See ``StateStore.debit``; tokens queued by ``debit_soon`` go with it."""
+        queued = self._debits.get(reservation.key)
+        if queued:
+            tokens += queued.pop(reservation.id, 0)
         raw = await self._run(
             self._debit,
             reservation.key,
             [_arg(now), self._keep, reservation.id, tokens, _arg(reservation.limits.budget_tokens)],
         )
         return _opt_int(raw)
+
+    def debit_soon(self, reservation: Reservation, tokens: int) -> None:
+        """See ``StateStore.debit_soon``: in the next batch."""
+        if tokens <= 0:
+            return
+        queued = self._debits.setdefault(reservation.key, {})
+        queued[reservation.id] = queued.get(reservation.id, 0) + tokens
+        self._schedule(self._flush_seconds)
+
+    def settle_soon(self, reservation: Reservation, actual_tokens: int, usage: UsageRecord) -> None:
+        """See ``StateStore.settle_soon``: in the next batch (retried while Redis is away)."""
+        key = reservation.key
+        live = self._live.get(key)
+        if live is not None and live.pop(reservation.id, None) is not None and not live:
+            del self._live[key]
+        queued = self._debits.get(key)
+        if queued:
+            queued.pop(reservation.id, None)  # the settle charges what was not debited
+        settles = self._settles.setdefault(key, {})
+        if reservation.id in settles:
+            return
+        if self._pending_settles >= MAX_PENDING_SETTLES:
+            self._drop_oldest_settle()
+        settles[reservation.id] = (actual_tokens, usage)
+        self._pending_settles += 1
+        # At once (with whatever else this loop turn queued): a key at its
+        # max_streams gets its stream back before its client's next request.
+        self._schedule(0)
+
+    def _drop_oldest_settle(self) -> None:
+        for key, settles in self._settles.items():
+            if settles:
+                rid = next(iter(settles))
+                del settles[rid]
+                self._pending_settles -= 1
+                log.error("settle_dropped", key=key, reason="redis unreachable, queue full")
+                return
+
+    def _schedule(self, delay: float) -> None:
+        """Run a batch within ``delay`` seconds (sooner if one is due sooner)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(when, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._timer = None
+        if self._flushing is None:  # else the batch in flight schedules the next
+            self._flushing = asyncio.ensure_future(self._batches())
+
+    async def _batches(self) -> None:
+        ok = False
+        try:
+            ok = await self._flush_all()
+        except Exception as exc:
+            log.error("batch_failed", error=repr(exc))
+        finally:
+            self._flushing = None
+            if ok:
+                if self._retry_delay:
+                    log.info("batch_resumed")
+                self._retry_delay = 0.0
+            else:
+                # Redis is away: retry the settles kept, backing off (not a hot loop).
+                self._retry_delay = min(max(2 * self._retry_delay, 0.25), MAX_RETRY_SECONDS)
+            if self._settles:
+                self._schedule(self._retry_delay)
+            elif self._debits:
+                self._schedule(max(self._flush_seconds, self._retry_delay))
+            elif self._live:
+                self._schedule(max(0.0, self._next_renew - asyncio.get_running_loop().time()))
+
+    async def flush(self) -> None:
+        """See ``StateStore.flush``: the batch in flight, then one more with what is
+        queued (what fails stays queued for the next)."""
+        if self._flushing is not None:
+            await asyncio.wait([self._flushing])
+        if (self._debits or self._settles) and self._flushing is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._flushing = task = asyncio.ensure_future(self._batches())
+            await asyncio.wait([task])
+
+    async def _flush_all(self) -> bool:
+        """Send every queued batch; whether Redis took them all."""
+        ok = True
+        loop = asyncio.get_running_loop()
+        renew = loop.time() >= self._next_renew
+        if renew:
+            self._next_renew = loop.time() + self._renew_seconds
+        debits, self._debits = self._debits, {}
+        settles, self._settles = self._settles, {}
+        self._pending_settles = 0
+        names = set(debits) | set(settles) | (set(self._live) if renew else set())
+        wall = time.time()
+        day, first_kept = utc_day(wall), oldest_day_kept(wall)
+        for name in names:
+            queued = debits.get(name, {})
+            if renew:
+                for rid in self._live.get(name, ()):
+                    queued.setdefault(rid, 0)
+            done = settles.get(name, {})
+            args: list[str | int] = ["", self._keep, _arg(self._ttl), day, first_kept, len(queued)]
+            for rid, tokens in queued.items():
+                args += (rid, tokens)
+            for rid, (actual, usage) in done.items():
+                args += (rid, actual, usage.prompt_tokens, usage.completion_tokens, usage.model)
+            try:
+                await self._run(self._batch, name, args)
+            except StoreUnavailable as exc:
+                if renew:
+                    self._next_renew = 0.0
+                if ok and not self._retry_delay:  # once per outage, not per retry
+                    log.warning("batch_deferred", key=name, settles=len(done), error=str(exc))
+                ok = False
+                for rid, entry in done.items():
+                    self._requeue_settle(name, rid, entry)
+        return ok
+
+    def _requeue_settle(self, name: str, rid: str, entry: tuple[int, UsageRecord]) -> None:
+        settles = self._settles.setdefault(name, {})
+        if rid not in settles:
+            if self._pending_settles >= MAX_PENDING_SETTLES:
+                self._drop_oldest_settle()
+            settles[rid] = entry
+            self._pending_settles += 1
 
     async def settle(
         self,
@@ -175,6 +361,12 @@ class RedisStore:
         now: float | None = None,
     ) -> bool:
         """See ``StateStore.settle``."""
+        live = self._live.get(reservation.key)
+        if live is not None:
+            live.pop(reservation.id, None)
+        queued = self._debits.get(reservation.key)
+        if queued:
+            queued.pop(reservation.id, None)  # the settle charges what was not debited
         wall = time.time() if now is None else now
         raw = await self._run(
             self._settle,
@@ -201,7 +393,8 @@ class RedisStore:
         return bool(raw)
 
     async def usage(self, key: str | None = None) -> dict[str, KeyUsage]:
-        """See ``StateStore.usage``."""
+        """See ``StateStore.usage``; what this process has queued first."""
+        await self.flush()
         with self._unavailable():
             names = sorted(await self._redis.smembers(self._index)) if key is None else [key]  # type: ignore[misc]
             result: dict[str, KeyUsage] = {}
@@ -213,8 +406,16 @@ class RedisStore:
         return result
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._redis.aclose()
+        """Send what is queued (if Redis answers), then close the connection pool."""
+        try:
+            await self.flush()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._pending_settles:
+                log.warning("settles_lost", settles=self._pending_settles)
+            await self._redis.aclose()
 
 
 def _counts(fields: dict[str, str], prefix: str) -> UsageCounts:

@@ -7,12 +7,13 @@ A request's life against a ``StateStore``::
         ...  # 429 with admission.reason, Retry-After from admission.retry_after
     reservation = admission.reservation
     try:
-        ...  # every ~16 tokens / 100 ms:
+        ...  # every 16 tokens, while within the reservation (the budget had room):
+        store.debit_soon(reservation, delivered_since_last_debit)
+        ...  # past it (an upstream ignoring max_tokens), wait for the answer:
         remaining = await store.debit(reservation, delivered_since_last_debit)
         if remaining is not None and remaining <= 0: ...  # budget gone: end the stream
-        ...  # every few minutes on a long stream: await store.renew(reservation)
     finally:
-        await store.settle(reservation, actual_tokens, UsageRecord(model, prompt, completion))
+        store.settle_soon(reservation, actual_tokens, UsageRecord(model, prompt, completion))
 
 Semantics shared by every implementation:
 
@@ -25,6 +26,11 @@ Semantics shared by every implementation:
   so the caller can cap ``max_tokens``; no room at all is ``insufficient_quota``.
 - A reservation not settled or renewed before ``expires_at`` (its process died)
   stops counting toward streams and tokens the next time the key is touched.
+  The store renews the leases of the replies it admitted while they live (a
+  debit renews its lease): callers never need ``renew``.
+- The ``*_soon`` operations answer nothing and may be applied later (the Redis
+  store batches them); ``flush`` applies what is queued, and ``usage`` and
+  ``aclose`` flush first.
 - Times are wall-clock epoch seconds (``time.time()``): several processes share them.
 
 Failure: every operation raises ``StoreUnavailable`` and nothing else when the
@@ -43,7 +49,8 @@ RefusalReason = Literal[
 
 #: Length of the requests and tokens windows.
 WINDOW_SECONDS = 60.0
-#: A reservation lives this long unless renewed.
+#: A reservation lives this long unless renewed (the in-process store; the Redis
+#: store renews live leases every 20 s and lets a dead process's lapse after 60 s).
 DEFAULT_RESERVATION_TTL = 600.0
 #: Per-day usage kept this many days.
 USAGE_DAYS = 90
@@ -150,6 +157,10 @@ def empty_usage() -> KeyUsage:
 class StateStore(Protocol):
     """Admission state shared by everything serving one set of keys."""
 
+    #: Whether ``admit`` answers without waiting on another process (the
+    #: in-process store); otherwise the gate may admit while the upstream starts.
+    answers_at_once: bool
+
     async def admit(
         self, key: str, limits: Limits, reserve_tokens: int, now: float | None = None
     ) -> Admission:
@@ -180,6 +191,21 @@ class StateStore(Protocol):
 
         Exactly once per reservation: returns ``False`` (and changes nothing)
         when it was already settled."""
+        ...
+
+    def debit_soon(self, reservation: Reservation, tokens: int) -> None:
+        """``debit`` without an answer, applied now or in the store's next batch:
+        for tokens within the reservation, which the budget already made room for."""
+        ...
+
+    def settle_soon(self, reservation: Reservation, actual_tokens: int, usage: UsageRecord) -> None:
+        """``settle`` without an answer, applied now or in the store's next batch
+        (the Redis store retries it while Redis is unreachable)."""
+        ...
+
+    async def flush(self) -> None:
+        """Apply every queued ``*_soon`` (and leave it queued if the store cannot
+        answer: raises nothing)."""
         ...
 
     async def renew(self, reservation: Reservation, now: float | None = None) -> bool:

@@ -9,6 +9,8 @@ A streamed or background reply gets a reply log (resumable, cancellable: see
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from aiohttp import web
 
@@ -84,8 +86,14 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
     )
     headers = {REQUEST_ID: request_id}
     if identity is not None:
-        ticket = await _admit(state.gate, identity, record, routes[0].config.max_tokens_cap)
-        headers.update(ticket.headers)
+        record.key = identity.name
+        structlog.contextvars.bind_contextvars(key=identity.name)
+        cap = routes[0].config.max_tokens_cap
+        if inbound.stream and state.gate.admits_ahead(identity):
+            record.admission = _admit_ahead(state.gate, identity, record, cap)
+        else:
+            ticket = await _admit(state.gate, identity, record, cap)
+            headers.update(ticket.headers)
     if settings.metrics:
         state.metrics.stream_started()
         state.live.stream_started()
@@ -135,8 +143,6 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
 
 async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:
     """Reserve the prompt plus the reply's maximum; the record settles it when it ends."""
-    record.key = identity.name
-    structlog.contextvars.bind_contextvars(key=identity.name)
     await record.count_prompt()
     prompt = record.prompt_tokens()
     wanted = record.request.max_tokens or cap or DEFAULT_RESERVE_TOKENS
@@ -152,6 +158,31 @@ async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int |
         record.meter = ticket
     record.observers.append(ticket.settle)
     return ticket
+
+
+def _admit_ahead(
+    gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None
+) -> asyncio.Future[dict[str, str]]:
+    """Admission in a task, while the upstream starts (``Gate.admits_ahead``): the
+    relay waits for it before the first byte. Admitted after the reply already
+    ended (it failed or the client left meanwhile), the reservation is settled
+    at once."""
+
+    async def admit() -> dict[str, str]:
+        ticket = await _admit(gate, identity, record, cap)
+        if record.ended_at is not None:
+            ticket.settle(record)
+        return ticket.headers
+
+    task = asyncio.ensure_future(admit())
+    task.add_done_callback(_retrieved)
+    return task
+
+
+def _retrieved(task: asyncio.Future[dict[str, str]]) -> None:
+    # A refusal nobody awaited (the reply ended first) is not an error to report.
+    if not task.cancelled():
+        task.exception()
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ record. Nothing else logs or counts a reply's end.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,10 @@ class ReplyRecord:
     max_tokens_limit: int | None = None
     #: Charges delivered tokens during a stream (admission's ticket), when limited.
     meter: Meter | None = None
+    #: An admission still in flight while the upstream starts (a remote state
+    #: store): resolves to its response headers, or raises its refusal. The relay
+    #: awaits it before the first byte goes out.
+    admission: asyncio.Future[dict[str, str]] | None = None
     #: Told each upstream attempt's route and outcome (metrics).
     on_attempt: AttemptObserver = _no_attempt_observer
     started: float = field(default_factory=time.perf_counter)

@@ -258,8 +258,20 @@ class StreamSession:
     # The pump: everything per token happens here.
 
     async def _pump(self) -> None:
-        opened = await self.record.open()
+        admission = self.record.admission
         try:
+            opened = await self.record.open()
+        except Exception:
+            if admission is not None:
+                await _refusal_first(admission)
+            raise
+        try:
+            if admission is not None:
+                # Reserved while the upstream started: nothing goes out before it
+                # answers; a refusal is the response (429/503), as if it came first.
+                headers = await asyncio.shield(admission)
+                if self.primary is not None:
+                    self.primary.response.headers.update(headers)
             await self._relay(opened)
         except ProviderError as exc:
             raise from_provider_error(exc) from None
@@ -342,6 +354,17 @@ class StreamSession:
                 self._lost(exc)
                 return
             await primary.close()
+
+
+async def _refusal_first(admission: asyncio.Future[dict[str, str]]) -> None:
+    """The upstream failed to start while admission was in flight: its refusal
+    (which would have come first) wins; otherwise the caller's error stands."""
+    try:
+        await asyncio.shield(admission)
+    except GatewayError:
+        raise
+    except Exception:
+        return
 
 
 def _frame_of(encoder: Encoder, event: StreamEvent) -> bytes:

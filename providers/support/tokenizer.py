@@ -78,12 +78,17 @@ def is_large(messages: Sequence[Mapping[str, Any]], limit: int = LARGE_PROMPT_CH
     return False
 
 
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 class Tokenizer:
     """Counts prompt tokens and splits text into streamable token pieces."""
 
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self.encoding = encoding
         self.name: str = encoding.name
+        #: Tokens of the role names, counted once: every message has one.
+        self._roles = {role: len(encoding.encode_ordinary(role)) for role in _ROLES}
 
     @classmethod
     def load(cls, preferred: str = OFFLINE_ENCODING) -> Tokenizer:
@@ -119,11 +124,13 @@ class Tokenizer:
         are not counted.
         """
         total = 3
+        roles = self._roles
         for message in messages:
             total += 3
             for key, value in message.items():
                 if isinstance(value, str):
-                    total += self.count(value)
+                    known = roles.get(value) if key == "role" else None
+                    total += self.count(value) if known is None else known
                     if key == "name":
                         total += 1
                 elif key == "content" and isinstance(value, list):

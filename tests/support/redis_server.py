@@ -7,6 +7,7 @@ stop and start again (same port) to play an outage.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -68,6 +69,16 @@ class RedisServer:
                 log_text = (self._directory / "redis.log").read_text(errors="replace")
                 raise RuntimeError(f"redis-server did not start:\n{log_text}")
             time.sleep(0.02)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, commands time out."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused server (SIGCONT): it runs what it was sent meanwhile."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Kill the server and wait until it is gone (the port then refuses)."""

@@ -35,6 +35,15 @@ def auth(**limits: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(params=["memory", "redis"])
+def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The state store's settings: in process, or a real redis-server."""
+    if request.param == "memory":
+        return {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"redis_url": server.url}
+
+
 def client(url: str, key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
 
@@ -101,8 +110,10 @@ async def test_model_not_allowed_is_403_and_models_are_filtered(make_gateway: Ma
         assert {m.id async for m in c.models.list()} == {"fake", "fake-fast"}
 
 
-async def test_rpm_refuses_with_openai_headers(make_gateway: MakeGateway) -> None:
-    url = await make_gateway(auth=auth(rpm=2))
+async def test_rpm_refuses_with_openai_headers(
+    make_gateway: MakeGateway, store_settings: dict[str, Any]
+) -> None:
+    url = await make_gateway(auth=auth(rpm=2), **store_settings)
     async with client(url, KEY_A) as c:
         for _ in range(2):
             raw = await c.chat.completions.with_raw_response.create(
@@ -122,8 +133,10 @@ async def test_rpm_refuses_with_openai_headers(make_gateway: MakeGateway) -> Non
     assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
-async def test_max_streams_is_429_too_many_streams(make_gateway: MakeGateway) -> None:
-    url = await make_gateway(auth=auth(max_streams=1))
+async def test_max_streams_is_429_too_many_streams(
+    make_gateway: MakeGateway, store_settings: dict[str, Any]
+) -> None:
+    url = await make_gateway(auth=auth(max_streams=1), **store_settings)
     async with client(url, KEY_A) as c:
         first = await c.chat.completions.create(
             model="fake", messages=[{"role": "user", "content": "x"}], stream=True
@@ -137,9 +150,11 @@ async def test_max_streams_is_429_too_many_streams(make_gateway: MakeGateway) ->
         await first.close()
 
 
-async def test_concurrent_requests_never_exceed_tpm(make_gateway: MakeGateway) -> None:
+async def test_concurrent_requests_never_exceed_tpm(
+    make_gateway: MakeGateway, store_settings: dict[str, Any]
+) -> None:
     """20 at once against tpm 300: served tokens stay within the limit (reservations)."""
-    url = await make_gateway(auth=auth(tpm=300))
+    url = await make_gateway(auth=auth(tpm=300), **store_settings)
     results = await asyncio.gather(
         *(tokens_of(url, KEY_A, max_tokens=40) for _ in range(20)), return_exceptions=True
     )
@@ -153,9 +168,11 @@ async def test_concurrent_requests_never_exceed_tpm(make_gateway: MakeGateway) -
     assert usage["completion_tokens"] == sum(len(r) for r in served)
 
 
-async def test_budget_leaves_room_for_a_shorter_reply(make_gateway: MakeGateway) -> None:
+async def test_budget_leaves_room_for_a_shorter_reply(
+    make_gateway: MakeGateway, store_settings: dict[str, Any]
+) -> None:
     """Admitted with less room than asked: the reply is capped (finish ``length``)."""
-    url = await make_gateway(auth=auth(budget_tokens=100))
+    url = await make_gateway(auth=auth(budget_tokens=100), **store_settings)
     first = await tokens_of(url, KEY_A, max_tokens=50, extra_body={"fake": {"reply_tokens": 50}})
     assert len(first) == 50
     async with client(url, KEY_A) as c:
@@ -178,6 +195,7 @@ async def test_budget_leaves_room_for_a_shorter_reply(make_gateway: MakeGateway)
 
 async def test_budget_runs_out_mid_stream_with_one_in_band_error(
     make_gateway: MakeGateway,
+    store_settings: dict[str, Any],
 ) -> None:
     """An upstream that ignores max_tokens is cut when the budget is spent."""
     async with FakeOpenAIUpstream(Behaviour(tokens=300, delay=0.002)) as fake:
@@ -188,7 +206,7 @@ async def test_budget_runs_out_mid_stream_with_one_in_band_error(
             "retries": 0,
             "usage_count": "chunks",
         }
-        url = await make_gateway(models=[route], auth=auth(budget_tokens=100))
+        url = await make_gateway(models=[route], auth=auth(budget_tokens=100), **store_settings)
         body = {"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": True}
         headers = {"Authorization": f"Bearer {KEY_A}"}
         async with (
@@ -210,8 +228,10 @@ async def test_budget_runs_out_mid_stream_with_one_in_band_error(
     assert 100 <= spent <= 100 + 16
 
 
-async def test_client_leaving_after_40_tokens_is_charged_40(make_gateway: MakeGateway) -> None:
-    url = await make_gateway(auth=auth())
+async def test_client_leaving_after_40_tokens_is_charged_40(
+    make_gateway: MakeGateway, store_settings: dict[str, Any]
+) -> None:
+    url = await make_gateway(auth=auth(), **store_settings)
     body = {
         "model": "fake",
         "messages": [{"role": "user", "content": "x"}],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -86,3 +87,116 @@ async def test_every_key_expires_and_shares_one_hash_tag(
             assert await client.ttl(key) > 0, key
     finally:
         await client.aclose()
+
+
+async def _evalsha_calls(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_hundred_replies_debit_and_settle_in_one_round_trip(
+    make_store: MakeRedisStore, redis_server: RedisServer
+) -> None:
+    """What replies do after admission is batched: one script per key, not per reply."""
+    store = make_store()
+    limits = Limits(tpm=1_000_000, budget_tokens=1_000_000)
+    warm = await store.admit("k", limits, 100)  # the first batch loads the script
+    assert warm.reservation is not None
+    store.debit_soon(warm.reservation, 1)
+    await store.flush()
+    reservations = []
+    for _ in range(100):
+        admission = await store.admit("k", limits, 100)
+        assert admission.reservation is not None
+        reservations.append(admission.reservation)
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        before = await _evalsha_calls(client)
+        for reservation in reservations:
+            store.debit_soon(reservation, 16)
+            store.debit_soon(reservation, 16)
+        for reservation in reservations[:50]:
+            store.settle_soon(reservation, 40, UsageRecord("m", 8, 32))
+        await store.flush()
+        assert await _evalsha_calls(client) - before == 1
+    finally:
+        await client.aclose()
+    usage = (await store.usage("k"))["k"]
+    assert usage["requests"] == 50
+    assert usage["completion_tokens"] == 50 * 32
+    # 50 settled at 40 each, 50 live with 32 debited each, and the warm-up's 1.
+    assert usage["budget_spent"] == 50 * 40 + 50 * 32 + 1
+
+
+async def test_settles_queued_while_redis_is_down_land_when_it_returns(
+    redis_server: RedisServer,
+) -> None:
+    """Regression: a settle that failed was lost (logged ``settle_failed``, never retried)."""
+    store = RedisStore(redis_server.url, flush_seconds=0.05, timeout=0.3)
+    try:
+        admission = await store.admit("k", Limits(rpm=100), 10)
+        assert admission.reservation is not None
+        # The next batch times out on a frozen Redis: the settle stays queued, and
+        # the frozen server still runs it once it thaws, so the retry must be a no-op.
+        redis_server.pause()
+        try:
+            store.settle_soon(admission.reservation, 30, UsageRecord("m", 10, 20))
+            await store.flush()
+        finally:
+            redis_server.resume()
+        deadline = time.monotonic() + 5
+        usage = None
+        while time.monotonic() < deadline:
+            try:
+                usage = (await store.usage("k"))["k"]
+            except StoreUnavailable:
+                usage = None
+            if usage is not None and usage["requests"]:
+                break
+        assert usage is not None
+        assert (usage["requests"], usage["completion_tokens"], usage["budget_spent"]) == (1, 20, 30)
+    finally:
+        await store.aclose()
+
+
+async def test_live_leases_are_renewed_and_a_dead_processs_lapse(redis_server: RedisServer) -> None:
+    """A reply's lease outlives its TTL while its process lives; a dead process's
+    reservation stops counting one TTL after its last renewal (was 10 minutes)."""
+    limits = Limits(max_streams=2)
+    alive = RedisStore(redis_server.url, reservation_ttl=1.5, renew_seconds=0.3)
+    # A process that stopped renewing (it was killed) but is not gone yet.
+    dead = RedisStore(redis_server.url, reservation_ttl=1.5, renew_seconds=3600)
+    other = RedisStore(redis_server.url, reservation_ttl=1.5, renew_seconds=0.3)
+    try:
+        assert (await alive.admit("k", limits, 0)).admitted
+        assert (await dead.admit("k", limits, 0)).admitted
+        assert not (await other.admit("k", limits, 0)).admitted
+        await asyncio.sleep(2.5)
+        # The dead reservation lapsed; the live one still holds its stream.
+        first = await other.admit("k", limits, 0)
+        assert first.admitted
+        second = await other.admit("k", limits, 0)
+        assert not second.admitted
+        assert second.reason == "too_many_streams"
+    finally:
+        for store in (alive, dead, other):
+            await store.aclose()
+
+
+async def test_an_unreachable_redis_is_retried_with_backoff_not_in_a_hot_loop(
+    redis_server: RedisServer,
+) -> None:
+    """Regression: a settle kept for Redis was retried at once, over and over (a
+    busy loop that also held a gateway's shutdown for minutes)."""
+    store = RedisStore(redis_server.url)
+    admission = await store.admit("k", Limits(rpm=100), 10)
+    assert admission.reservation is not None
+    redis_server.stop()
+    started_cpu = time.process_time()
+    store.settle_soon(admission.reservation, 30, UsageRecord("m", 10, 20))
+    await asyncio.sleep(1.5)
+    # Backing off from 0.25 s: a handful of tries, not thousands.
+    assert time.process_time() - started_cpu < 0.5
+    started = time.monotonic()
+    await store.aclose()  # one last try, then done
+    assert time.monotonic() - started < 2.0

@@ -256,6 +256,34 @@ async def test_admission_carries_openai_header_values(store: StateStore, t0: flo
     assert ratelimit_headers(await store.admit("u", Limits(), 1, now=t0)) == {}
 
 
+async def test_queued_debits_and_settle_charge_exactly_what_was_sent(store: StateStore) -> None:
+    # The path a streamed reply takes: debits within its reservation and the settle
+    # are queued (no answer awaited); ``usage`` sees them applied once.
+    limits = Limits(tpm=10_000, max_streams=2, budget_tokens=1_000)
+    reservation = _reservation(await store.admit("k", limits, 200))
+    for _ in range(3):
+        store.debit_soon(reservation, 16)
+    store.settle_soon(reservation, 50, UsageRecord("m", prompt_tokens=10, completion_tokens=40))
+    store.settle_soon(reservation, 50, UsageRecord("m", prompt_tokens=10, completion_tokens=40))
+    usage = (await store.usage("k"))["k"]
+    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (1, 10, 40)
+    assert usage["budget_spent"] == 50
+    assert usage["remaining_budget"] == 950
+    # The lease went with the settle: both streams are free again.
+    for _ in range(2):
+        assert (await store.admit("k", limits, 100)).admitted
+
+
+async def test_a_queued_debit_then_an_awaited_one_charge_both(store: StateStore) -> None:
+    limits = Limits(budget_tokens=100)
+    reservation = _reservation(await store.admit("k", limits, 20))
+    store.debit_soon(reservation, 16)
+    # Past its reservation the reply waits for the answer, which counts the queued 16.
+    assert await store.debit(reservation, 16) == 68
+    store.settle_soon(reservation, 40, UsageRecord("m", completion_tokens=40))
+    assert (await store.usage("k"))["k"]["budget_spent"] == 40
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [

@@ -1,0 +1,147 @@
+"""With Redis, admission runs while the upstream starts, once a key has shown room.
+
+The round trip to Redis then costs no time to first token: the relay waits for the
+answer only before its first byte. A refusal found that way is the same 429 as
+before, and the upstream request it started is cancelled; a reservation whose
+reply failed meanwhile is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tests.support.fakes.openai_upstream import Behaviour, FakeOpenAIUpstream
+from tests.support.gateway import MakeGateway
+from tests.support.redis_server import RedisServer
+
+KEY = "sk-ahead-5b0e2f9a71"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+
+
+#: The reply log stays in process (``resumable: false``): creating a Redis reply log
+#: is a round trip of its own, before the upstream starts (not admission's).
+LOG_OFF = {"resumable": False}
+
+
+def _auth(**limits: Any) -> dict[str, Any]:
+    return {"keys": [{"name": "team-a", "key": KEY, **limits}]}
+
+
+def _route(fake: FakeOpenAIUpstream) -> dict[str, Any]:
+    return {"name": "up", "provider": "openai", "base_url": fake.base_url, "retries": 0}
+
+
+BODY = {"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": True}
+
+
+async def _post(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], bytes]:
+    async with session.post(f"{url}/v1/chat/completions", json=BODY, headers=HEADERS) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+async def _upstream_sees(fake: FakeOpenAIUpstream, count: int, within: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        if len(fake.requests) >= count:
+            return True
+        await asyncio.sleep(0.01)
+    return len(fake.requests) >= count
+
+
+async def test_the_upstream_starts_before_redis_answers_once_the_key_has_room(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    async with FakeOpenAIUpstream(Behaviour(tokens=3)) as fake:
+        url = await make_gateway(
+            models=[_route(fake)], auth=_auth(rpm=100), redis_url=redis_server.url, **LOG_OFF
+        )
+        async with aiohttp.ClientSession() as session:
+            # The key's first request waits for Redis before reaching the upstream.
+            redis_server.pause()
+            first = asyncio.ensure_future(_post(session, url))
+            try:
+                assert not await _upstream_sees(fake, 1, within=0.3)
+            finally:
+                redis_server.resume()
+            status, headers, _ = await first
+            assert status == 200
+            assert headers["x-ratelimit-remaining-requests"] == "99"
+
+            # It left room: the next one reaches the upstream while Redis is frozen,
+            # and its first byte (with the admission's headers) waits for the answer.
+            redis_server.pause()
+            second = asyncio.ensure_future(_post(session, url))
+            try:
+                assert await _upstream_sees(fake, 2, within=0.5)
+                await asyncio.sleep(0.1)
+                assert not second.done()
+            finally:
+                redis_server.resume()
+            status, headers, raw = await second
+    assert status == 200
+    assert headers["x-ratelimit-remaining-requests"] == "98"
+    assert raw.endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_refusal_found_while_the_upstream_started_is_a_429_and_cancels_it(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """Two gateways share one rpm: the second spends what the first saw as room."""
+    async with FakeOpenAIUpstream(Behaviour(tokens=200, delay=0.01)) as fake:
+        settings: dict[str, Any] = {
+            "models": [_route(fake)],
+            "auth": _auth(rpm=4),
+            "redis_url": redis_server.url,
+            **LOG_OFF,
+        }
+        first_url, other_url = await make_gateway(**settings), await make_gateway(**settings)
+        async with aiohttp.ClientSession() as session:
+            fake.script = [Behaviour(tokens=2)]
+            status, headers, _ = await _post(session, first_url)
+            assert (status, headers["x-ratelimit-remaining-requests"]) == (200, "3")
+            for _ in range(3):
+                status, _, _ = await _post(session, other_url)
+                assert status == 200
+            fake.script = [Behaviour(tokens=200, delay=0.01)]
+            # first_url last saw 3 left: it admits ahead, and Redis says no.
+            status, headers, raw = await _post(session, first_url)
+    assert status == 429
+    error = orjson.loads(raw)["error"]
+    assert error["code"] == "rate_limit_exceeded"
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(fake.requests) == 5
+    # The upstream request it had started is closed at once, not streamed to its end.
+    await fake.wait_closed(-1, timeout=1.0)
+
+
+async def test_a_reply_that_fails_while_admission_is_in_flight_releases_its_stream(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    async with FakeOpenAIUpstream(Behaviour(tokens=2)) as fake:
+        url = await make_gateway(
+            models=[_route(fake)], auth=_auth(max_streams=1), redis_url=redis_server.url, **LOG_OFF
+        )
+        async with aiohttp.ClientSession() as session:
+            assert (await _post(session, url))[0] == 200
+            await asyncio.sleep(0.2)  # its settle lands (the client may see [DONE] first)
+            # Ahead now: the upstream refuses before Redis answers.
+            fake.script = [Behaviour(status=500)]
+            redis_server.pause()
+            failing = asyncio.ensure_future(_post(session, url))
+            try:
+                assert await _upstream_sees(fake, 2, within=0.5)
+                await asyncio.sleep(0.05)
+            finally:
+                redis_server.resume()
+            status, _, raw = await failing
+            assert status == 502, raw
+            # Its reservation was settled: the key's one stream is free again.
+            fake.script = [Behaviour(tokens=2)]
+            await asyncio.sleep(0.2)
+            status, _, raw = await _post(session, url)
+    assert status == 200, raw
