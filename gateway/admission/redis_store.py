@@ -128,7 +128,8 @@ class RedisStore:
         self._debits: dict[str, dict[str, int]] = {}
         self._settles: dict[str, dict[str, tuple[int, UsageRecord]]] = {}
         self._pending_settles = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_when = 0.0
         self._flushing: asyncio.Task[None] | None = None
         self._next_renew = 0.0
         #: Seconds before the next try while Redis refuses batches (0: it takes them).
@@ -265,9 +266,12 @@ class RedisStore:
         when = loop.time() + delay
         timer = self._timer
         if timer is not None:
-            if timer.when() <= when:
+            # Our own record of when: uvloop hands back a plain Handle (no .when())
+            # for a time already due.
+            if self._timer_when <= when:
                 return
             timer.cancel()
+        self._timer_when = when
         self._timer = loop.call_at(when, self._start_flush)
 
     def _start_flush(self) -> None:

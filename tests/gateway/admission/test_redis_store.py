@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -200,3 +201,30 @@ async def test_an_unreachable_redis_is_retried_with_backoff_not_in_a_hot_loop(
     started = time.monotonic()
     await store.aclose()  # one last try, then done
     assert time.monotonic() - started < 2.0
+
+
+def test_batches_are_scheduled_on_uvloop(redis_server: RedisServer) -> None:
+    """Regression: on uvloop (the gateway's loop) a batch due at once got a plain
+    Handle with no ``when()``, and the next debit raised inside the stream
+    ("The gateway failed while streaming")."""
+    import uvloop
+
+    async def main() -> dict[str, Any]:
+        store = RedisStore(redis_server.url)
+        try:
+            first = await store.admit("k", Limits(budget_tokens=1000), 100)
+            other = await store.admit("k", Limits(budget_tokens=1000), 100)
+            assert first.reservation is not None
+            assert other.reservation is not None
+            # In one loop turn: a batch due at once, then a debit rescheduling it.
+            store.settle_soon(first.reservation, 0, UsageRecord("m"))
+            store.debit_soon(other.reservation, 16)
+            store.settle_soon(other.reservation, 20, UsageRecord("m", 4, 16))
+            await asyncio.sleep(0.1)
+            return (await store.usage("k"))["k"]
+        finally:
+            await store.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        usage = runner.run(main())
+    assert (usage["requests"], usage["budget_spent"]) == (2, 20)
