@@ -74,6 +74,9 @@ def test_signal_drains_in_flight_stream_and_refuses_new(
     health = http(proc.port, "GET", "/healthz")
     refused = http(proc.port, "POST", "/v1/chat/completions", orjson.dumps(chat(max_tokens=2)))
     thread.join(timeout=30)
+    # The gateway exits by itself once drained; stop() would send a second SIGTERM
+    # to one still finishing (regression: exit -15 under CI load).
+    proc.proc.wait(timeout=30)
     code, logs = proc.stop()
     assert health.startswith(b"HTTP/1.1 503")
     assert b'"status":"draining"' in health
