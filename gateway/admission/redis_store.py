@@ -233,32 +233,36 @@ class RedisStore:
 
     def settle_soon(self, reservation: Reservation, actual_tokens: int, usage: UsageRecord) -> None:
         """See ``StateStore.settle_soon``: in the next batch (retried while Redis is away)."""
+        self._forget(reservation)
+        self._queue_settle(reservation.key, reservation.id, (actual_tokens, usage))
+        # At once (with whatever else this loop turn queued): a key at its
+        # max_streams gets its stream back before its client's next request.
+        self._schedule(0)
+
+    def _forget(self, reservation: Reservation) -> None:
+        """A settling reservation: no more renewals; its queued debits are dropped
+        (the settle charges what was not debited)."""
         key = reservation.key
         live = self._live.get(key)
         if live is not None and live.pop(reservation.id, None) is not None and not live:
             del self._live[key]
         queued = self._debits.get(key)
         if queued:
-            queued.pop(reservation.id, None)  # the settle charges what was not debited
-        settles = self._settles.setdefault(key, {})
-        if reservation.id in settles:
+            queued.pop(reservation.id, None)
+
+    def _queue_settle(self, name: str, rid: str, entry: tuple[int, UsageRecord]) -> None:
+        settles = self._settles.setdefault(name, {})
+        if rid in settles:
             return
         if self._pending_settles >= MAX_PENDING_SETTLES:
-            self._drop_oldest_settle()
-        settles[reservation.id] = (actual_tokens, usage)
+            for key, queued in self._settles.items():
+                if queued:
+                    del queued[next(iter(queued))]
+                    self._pending_settles -= 1
+                    log.error("settle_dropped", key=key, reason="redis unreachable, queue full")
+                    break
+        settles[rid] = entry
         self._pending_settles += 1
-        # At once (with whatever else this loop turn queued): a key at its
-        # max_streams gets its stream back before its client's next request.
-        self._schedule(0)
-
-    def _drop_oldest_settle(self) -> None:
-        for key, settles in self._settles.items():
-            if settles:
-                rid = next(iter(settles))
-                del settles[rid]
-                self._pending_settles -= 1
-                log.error("settle_dropped", key=key, reason="redis unreachable, queue full")
-                return
 
     def _schedule(self, delay: float) -> None:
         """Run a batch within ``delay`` seconds (sooner if one is due sooner)."""
@@ -346,16 +350,8 @@ class RedisStore:
                     log.warning("batch_deferred", key=name, settles=len(done), error=str(exc))
                 ok = False
                 for rid, entry in done.items():
-                    self._requeue_settle(name, rid, entry)
+                    self._queue_settle(name, rid, entry)
         return ok
-
-    def _requeue_settle(self, name: str, rid: str, entry: tuple[int, UsageRecord]) -> None:
-        settles = self._settles.setdefault(name, {})
-        if rid not in settles:
-            if self._pending_settles >= MAX_PENDING_SETTLES:
-                self._drop_oldest_settle()
-            settles[rid] = entry
-            self._pending_settles += 1
 
     async def settle(
         self,
@@ -365,12 +361,7 @@ class RedisStore:
         now: float | None = None,
     ) -> bool:
         """See ``StateStore.settle``."""
-        live = self._live.get(reservation.key)
-        if live is not None:
-            live.pop(reservation.id, None)
-        queued = self._debits.get(reservation.key)
-        if queued:
-            queued.pop(reservation.id, None)  # the settle charges what was not debited
+        self._forget(reservation)
         wall = time.time() if now is None else now
         raw = await self._run(
             self._settle,

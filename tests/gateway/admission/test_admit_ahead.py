@@ -35,6 +35,14 @@ def _route(fake: FakeOpenAIUpstream) -> dict[str, Any]:
     return {"name": "up", "provider": "openai", "base_url": fake.base_url, "retries": 0}
 
 
+async def _gateway(
+    make_gateway: MakeGateway, fake: FakeOpenAIUpstream, redis: RedisServer, **limits: Any
+) -> str:
+    return await make_gateway(
+        models=[_route(fake)], auth=_auth(**limits), redis_url=redis.url, **LOG_OFF
+    )
+
+
 BODY = {"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": True}
 
 
@@ -56,9 +64,7 @@ async def test_the_upstream_starts_before_redis_answers_once_the_key_has_room(
     make_gateway: MakeGateway, redis_server: RedisServer
 ) -> None:
     async with FakeOpenAIUpstream(Behaviour(tokens=3)) as fake:
-        url = await make_gateway(
-            models=[_route(fake)], auth=_auth(rpm=100), redis_url=redis_server.url, **LOG_OFF
-        )
+        url = await _gateway(make_gateway, fake, redis_server, rpm=100)
         async with aiohttp.ClientSession() as session:
             # The key's first request waits for Redis before reaching the upstream.
             redis_server.pause()
@@ -92,13 +98,8 @@ async def test_a_refusal_found_while_the_upstream_started_is_a_429_and_cancels_i
 ) -> None:
     """Two gateways share one rpm: the second spends what the first saw as room."""
     async with FakeOpenAIUpstream(Behaviour(tokens=200, delay=0.01)) as fake:
-        settings: dict[str, Any] = {
-            "models": [_route(fake)],
-            "auth": _auth(rpm=4),
-            "redis_url": redis_server.url,
-            **LOG_OFF,
-        }
-        first_url, other_url = await make_gateway(**settings), await make_gateway(**settings)
+        first_url = await _gateway(make_gateway, fake, redis_server, rpm=4)
+        other_url = await _gateway(make_gateway, fake, redis_server, rpm=4)
         async with aiohttp.ClientSession() as session:
             fake.script = [Behaviour(tokens=2)]
             status, headers, _ = await _post(session, first_url)
@@ -123,9 +124,7 @@ async def test_a_reply_that_fails_while_admission_is_in_flight_releases_its_stre
     make_gateway: MakeGateway, redis_server: RedisServer
 ) -> None:
     async with FakeOpenAIUpstream(Behaviour(tokens=2)) as fake:
-        url = await make_gateway(
-            models=[_route(fake)], auth=_auth(max_streams=1), redis_url=redis_server.url, **LOG_OFF
-        )
+        url = await _gateway(make_gateway, fake, redis_server, max_streams=1)
         async with aiohttp.ClientSession() as session:
             assert (await _post(session, url))[0] == 200
             await asyncio.sleep(0.2)  # its settle lands (the client may see [DONE] first)
