@@ -179,8 +179,10 @@ class OpenAIProvider:
                     parser = SSEParser()
                     loads = orjson.loads
                     usage: Any = None
-                    chunks = response.content.iter_any()  # as the transport read them
-                    async for chunk in chunks:
+                    # As the transport read them, straight from the reader: its async
+                    # iterator is one more coroutine to resume for every token.
+                    read = response.content.readany
+                    while chunk := await read():
                         for sse in parser.feed(chunk):
                             data = sse.data
                             if data == b"[DONE]":
@@ -212,7 +214,7 @@ class OpenAIProvider:
                             completion_tokens=_count(usage.get("completion_tokens")),
                         )
                     if done:
-                        await _drain(chunks)
+                        await _drain(response.content)
                 finally:
                     # Read to its end: the connection goes back to the pool; else closed.
                     if response.content.at_eof():
@@ -300,11 +302,11 @@ def _in_band_error(error: Any) -> ProviderError:
     return ProviderUnavailable(message)
 
 
-async def _drain(chunks: AsyncIterator[bytes]) -> None:
+async def _drain(content: aiohttp.StreamReader) -> None:
     """Read the rest of the body briefly so the connection can be reused."""
     try:
         async with asyncio.timeout(_DRAIN_SECONDS):
-            async for _ in chunks:
+            while await content.readany():
                 pass
     except (TimeoutError, aiohttp.ClientError):
         pass  # Best effort: closing the response instead costs only a reconnect.
