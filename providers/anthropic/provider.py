@@ -107,7 +107,8 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncGenerator[StreamEven
     parser = SSEParser()
     loads = orjson.loads
     state = _StreamState()
-    async for chunk in response.content.iter_any():
+    read = response.content.readany  # not its async iterator: a coroutine less per read
+    while chunk := await read():
         for sse in parser.feed(chunk):
             obj = loads(sse.data)
             if not isinstance(obj, dict):
