@@ -110,6 +110,12 @@ class Ticket:
     next_debit: int = DEBIT_EVERY_TOKENS
     settled: bool = False
 
+    def take_headers(self) -> dict[str, str]:
+        """The response's headers, handed over once: the ticket lives as long as the
+        reply, and an open stream need not hold a second copy of them."""
+        headers, self.headers = self.headers, {}
+        return headers
+
     async def debit(self, delivered: int) -> None:
         """Charge tokens delivered so far; raises :class:`QuotaExceeded` when the
         budget ran out (the relay ends the stream with it, in-band)."""

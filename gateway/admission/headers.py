@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import math
 
+from multidict import istr
+
 from gateway.admission.store import Admission
+
+# The names as ``istr``: see ``gateway.streaming.writer.SSE_HEADERS``.
+_NAMES = {
+    kind: tuple(istr(f"x-ratelimit-{what}-{kind}") for what in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
+_RETRY_AFTER = istr("retry-after")
+_RETRY_AFTER_MS = istr("retry-after-ms")
 
 
 def _ceil_millis(seconds: float) -> int:
@@ -40,12 +50,13 @@ def ratelimit_headers(admission: Admission) -> dict[str, str]:
     ):
         if limit is None:
             continue
-        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(remaining or 0)
-        headers[f"x-ratelimit-reset-{kind}"] = format_reset(reset or 0.0)
+        limit_name, remaining_name, reset_name = _NAMES[kind]
+        headers[limit_name] = str(limit)
+        headers[remaining_name] = str(remaining or 0)
+        headers[reset_name] = format_reset(reset or 0.0)
     if not admission.admitted and admission.retry_after is not None:
         # retry-after is whole seconds (RFC 9110); the SDKs prefer the -ms variant.
         millis = max(1, _ceil_millis(admission.retry_after))
-        headers["retry-after"] = str(math.ceil(millis / 1000))
-        headers["retry-after-ms"] = str(millis)
+        headers[_RETRY_AFTER] = str(math.ceil(millis / 1000))
+        headers[_RETRY_AFTER_MS] = str(millis)
     return headers

@@ -192,6 +192,17 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
     return validate(ChatCompletionRequest, body)
 
 
+_HEAD_END = b',"system_fingerprint":null,"choices":'
+_CONTENT_OPEN = b'[{"index":0,"delta":{"content":'
+#: A chunk's end after its delta, without and with ``stream_options.include_usage``.
+_TAILS = {
+    False: b',"logprobs":null,"finish_reason":null}]}',
+    True: b',"logprobs":null,"finish_reason":null}],"usage":null}',
+}
+#: A token frame's end after its text.
+_EVENT_TAILS = {usage: b"}" + tail + framer.END for usage, tail in _TAILS.items()}
+
+
 class ChunkEncoder:
     """The :class:`~gateway.dialects.base.Encoder` of chat completions.
 
@@ -200,31 +211,42 @@ class ChunkEncoder:
     ``orjson.dumps`` of the token text and two concatenations.
     """
 
-    __slots__ = ("_content_head", "_event_head", "_event_tail", "_head", "_include_usage", "_tail")
+    # One byte string per stream (the frame of a token up to its text); everything
+    # else is derived from it, or one of two constants: an open stream holds ~200
+    # bytes of templates, not ~800.
+    __slots__ = ("_event_head", "_event_tail", "_include_usage", "_tail")
 
     #: SSE ids count the chunks from 1 (the payload carries no number of its own).
     first_id = 1
 
     def __init__(self, *, id: str, created: int, model: str, include_usage: bool) -> None:
-        self._head = (
-            b'{"id":'
+        # orjson escapes CR and LF, so a token's chunk is always one ``data:`` line and
+        # its whole frame can be built from the framer's prefix in one go
+        # (tests/gateway/dialects/test_chat_completions.py checks it equals
+        # ``framer.data_event`` of the chunk).
+        self._event_head = (
+            framer.data_prefix()
+            + b'{"id":'
             + orjson.dumps(id)
             + b',"object":"chat.completion.chunk","created":'
             + str(created).encode()
             + b',"model":'
             + orjson.dumps(model)
-            + b',"system_fingerprint":null,"choices":'
+            + _HEAD_END
+            + _CONTENT_OPEN
         )
-        usage_tail = b',"usage":null}' if include_usage else b"}"
-        self._content_head = self._head + b'[{"index":0,"delta":{"content":'
-        self._tail = b',"logprobs":null,"finish_reason":null}]' + usage_tail
         self._include_usage = include_usage
-        # orjson escapes CR and LF, so a token's chunk is always one ``data:`` line and
-        # its whole frame can be built from the framer's prefix in one go
-        # (tests/gateway/dialects/test_chat_completions.py checks it equals
-        # ``framer.data_event`` of the chunk).
-        self._event_head = framer.data_prefix() + self._content_head
-        self._event_tail = b"}" + self._tail + framer.END
+        self._tail = _TAILS[include_usage]
+        self._event_tail = _EVENT_TAILS[include_usage]
+
+    @property
+    def _head(self) -> bytes:
+        """The chunk's JSON up to its ``choices`` value (not per token)."""
+        return self._event_head[len(framer.data_prefix()) : -len(_CONTENT_OPEN)]
+
+    @property
+    def _content_head(self) -> bytes:
+        return self._event_head[len(framer.data_prefix()) :]
 
     def start(self) -> bytes:
         """The first chunk: the assistant role and empty content."""

@@ -9,6 +9,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from multidict import istr
 
 from gateway.dialects.base import Dialect
 from gateway.dialects.chat_completions import CHAT_COMPLETIONS
@@ -18,7 +19,7 @@ from gateway.observability.metrics import METRICS
 
 log = structlog.get_logger("tokenpipe.http")
 
-REQUEST_ID = "X-Request-ID"
+REQUEST_ID = istr("X-Request-ID")  # istr: see gateway.streaming.writer.SSE_HEADERS
 #: The request's id, in the request's storage.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 #: The dialect a handler serves, so errors are rendered in its shape.

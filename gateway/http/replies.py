@@ -13,6 +13,7 @@ import asyncio
 
 import structlog
 from aiohttp import web
+from multidict import istr
 
 from gateway.admission.gate import DEFAULT_RESERVE_TOKENS, Gate, Ticket
 from gateway.admission.keys import Identity
@@ -35,7 +36,7 @@ from gateway.streaming.replylog import ReplyLog, ReplyMeta, UnloggedReply, new_r
 log = structlog.get_logger("tokenpipe.http")
 
 #: The per-reply read token's header (also accepted as ``?token=``).
-RESUME_TOKEN = "X-Resume-Token"
+RESUME_TOKEN = istr("X-Resume-Token")  # istr: see gateway.streaming.writer.SSE_HEADERS
 
 
 async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -84,7 +85,7 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
         dialect=dialect.name,
         operation=dialect.operation,
     )
-    headers = {REQUEST_ID: request_id}
+    headers: dict[str, str] = {REQUEST_ID: request_id}
     if identity is not None:
         record.key = identity.name
         structlog.contextvars.bind_contextvars(key=identity.name)
@@ -93,7 +94,7 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
             record.admission = _admit_ahead(state.gate, identity, record, cap)
         else:
             ticket = await _admit(state.gate, identity, record, cap)
-            headers.update(ticket.headers)
+            headers.update(ticket.take_headers())
     if settings.metrics:
         state.metrics.stream_started()
         state.live.stream_started()
@@ -133,9 +134,10 @@ async def _reply(request: web.Request, dialect: Dialect, held: list[Route]) -> w
         ids=settings.resumable,
     )
     if inbound.stream:
-        # The parsed request (~2 KB) and the body are not needed while streaming: the
-        # encoder, the record and the log have what is; this frame lives as long.
-        del parsed, body
+        # The parsed request (~2 KB), the body and the headers (the response has them)
+        # are not needed while streaming: the encoder, the record and the log have
+        # what is; this frame lives as long.
+        del parsed, body, headers
         return await session.run()
     session.start()
     return json_response(parsed.pending(record.reply_id, record.created), headers=headers)
@@ -172,7 +174,7 @@ def _admit_ahead(
         ticket = await _admit(gate, identity, record, cap)
         if record.ended_at is not None:
             ticket.settle(record)
-        return ticket.headers
+        return ticket.take_headers()
 
     task = asyncio.ensure_future(admit())
     task.add_done_callback(_retrieved)

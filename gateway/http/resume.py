@@ -118,7 +118,7 @@ async def stream_reply(
     state = request.app[STATE]
     settings = state.settings
     sequencer = Sequencer(encoder, after=_after(request), retry_ms=settings.resume_retry_ms)
-    headers = {REQUEST_ID: request[REQUEST_ID_KEY]}
+    headers: dict[str, str] = {REQUEST_ID: request[REQUEST_ID_KEY]}
     async with contextlib.aclosing(view.follow(settings.heartbeat_seconds)) as batches:
         first = await anext(batches)
         out = b"".join(sequencer.frames(entry) for entry in first)

@@ -109,7 +109,9 @@ class StreamSession:
         response = self.primary.response
         self.start()
         try:
-            outcome = await asyncio.shield(self._primary_done)
+            # Not shielded: a cancelled handler cancels this future, which nothing else
+            # awaits (a shield is two callbacks and a future more per open stream).
+            outcome = await self._primary_done
         except asyncio.CancelledError:  # the client left (or the loop is closing)
             self._primary_left(ClientGone())
             raise
@@ -276,6 +278,7 @@ class StreamSession:
             except BaseException:
                 await close_events(opened.events)
                 raise
+            self.record.admission = None  # done with: its task and headers go
             if self.primary is not None:
                 self.primary.response.headers.update(headers)
         return opened
@@ -322,12 +325,13 @@ class StreamSession:
                     record.first_token_at = time.perf_counter()
                 texts.append(text)
                 if primary is not None:
-                    frame = one(text_frame(text))
-                    if head:
-                        frame = head + frame
-                        head = b""
+                    # No local for the frame: it would be held while the next token waits.
                     try:
-                        await primary.send(frame)
+                        if head:
+                            await primary.send(head + one(text_frame(text)))
+                            head = b""
+                        else:
+                            await primary.send(one(text_frame(text)))
                     except (ClientGone, SendTimeout) as exc:
                         self._lost(exc)
                 if meter is not None and len(texts) >= meter.next_debit:

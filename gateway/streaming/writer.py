@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import istr
 
 from gateway.streaming import framer as sse
 
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
+# Header names are ``istr`` here and wherever a streamed response's headers are made:
+# a response's CIMultiDict keeps a lower-cased copy of every plain ``str`` name, and
+# writing the headers adds more; an ``istr`` brings its own. About 100 bytes per
+# header for every open stream (tracemalloc, 1,000 held streams).
+SSE_HEADERS: dict[str, str] = {
+    hdrs.CONTENT_TYPE: "text/event-stream; charset=utf-8",
+    hdrs.CACHE_CONTROL: "no-cache",
     # nginx: pass each event on at once even with ``proxy_buffering on``.
-    "X-Accel-Buffering": "no",
+    istr("X-Accel-Buffering"): "no",
 }
 
 
@@ -81,8 +86,9 @@ class EventStream:
 
     async def open(self) -> None:
         """Send the status line and headers (once; a ping and the first event may race)."""
-        if self._opening is not None:
-            await asyncio.shield(self._opening)
+        if self.opened:
+            if self._opening is not None:  # still opening: a ping and the first event
+                await asyncio.shield(self._opening)
             return
         self._opening = self._loop.create_future()
         self.opened = True
@@ -94,7 +100,13 @@ class EventStream:
             self._opening.exception()  # retrieved: the other waiters re-raise it
             raise ClientGone() from exc
         self._opening.set_result(None)
-        self._chunked = self._response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._opening = None  # done: ``opened`` says so
+        headers = self._response.headers
+        self._chunked = headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
+        # Serialized and on their way: nothing reads a streamed response's headers
+        # again (the access log and error middleware check ``prepared``), so an open
+        # stream does not hold them (about 1 KB with the rate-limit headers).
+        headers.clear()
         self.last_write = self._loop.time()
 
     async def send(self, frame: bytes) -> None:

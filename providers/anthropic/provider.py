@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict, istr
 
 from config.models import UpstreamConfig
 from providers.anthropic.messages import request_body
@@ -69,7 +70,9 @@ class AnthropicProvider:
         if self._secret:
             headers["x-api-key"] = self._secret
         headers.update(upstream.headers)
-        self._headers = headers
+        # istr names in a CIMultiDict aiohttp takes as it is: no per-request lower-cased
+        # copy of every name (see providers/openai/provider.py).
+        self._headers = CIMultiDict((istr(k), v) for k, v in headers.items())
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=upstream.connect_timeout, sock_read=None
         )

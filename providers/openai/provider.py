@@ -44,6 +44,7 @@ import httpx2
 import openai
 import orjson
 import yarl
+from multidict import CIMultiDict, istr
 
 from config.models import UpstreamConfig
 from providers.base import ChatRequest
@@ -67,7 +68,7 @@ from providers.events import (
 )
 from providers.openai.sdk_internals import aiohttp_cause, request_template, status_error
 from providers.openai.tokenize import UpstreamTokenizer
-from providers.support.upstream_sse import SSEParser, retry_after_seconds
+from providers.support.upstream_sse import SSEEvent, SSEParser, retry_after_seconds
 
 _FINISH_REASONS: Final[Mapping[str, FinishReason]] = {
     "stop": "stop",
@@ -101,10 +102,10 @@ class OpenAIProvider:
         )
         self._connect_timeout = upstream.connect_timeout
         self._session: aiohttp.ClientSession | None = None
-        self._template: tuple[yarl.URL, dict[str, str]] | None = None
+        self._template: tuple[yarl.URL, CIMultiDict[str]] | None = None
         self._tokenizer = UpstreamTokenizer(upstream.tokenize) if upstream.tokenize else None
 
-    def _open(self) -> tuple[aiohttp.ClientSession, yarl.URL, dict[str, str]]:
+    def _open(self) -> tuple[aiohttp.ClientSession, yarl.URL, CIMultiDict[str]]:
         """The session streams are sent on, and the SDK's URL and headers (built once)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
@@ -118,8 +119,10 @@ class OpenAIProvider:
             )
         if self._template is None:
             text, fields = request_template(self._client, "/chat/completions")
-            # Parsed once, not on every request.
-            self._template = (yarl.URL(text), fields)
+            # Parsed once, not on every request; the names as istr, in a CIMultiDict
+            # aiohttp takes as it is: each request's headers then hold no lower-cased
+            # copy of every name (about 1 KB per open stream).
+            self._template = (yarl.URL(text), CIMultiDict((istr(k), v) for k, v in fields.items()))
         url, headers = self._template
         return self._session, url, headers
 
@@ -177,33 +180,24 @@ class OpenAIProvider:
                             self._client, str(url), response.status, response.headers, body
                         )
                     parser = SSEParser()
-                    loads = orjson.loads
                     usage: Any = None
                     # As the transport read them, straight from the reader: its async
                     # iterator is one more coroutine to resume for every token.
                     read = response.content.readany
                     while chunk := await read():
-                        for sse in parser.feed(chunk):
-                            data = sse.data
-                            if data == b"[DONE]":
-                                done = True
-                                break
-                            obj = loads(data)
-                            if not isinstance(obj, dict):
-                                continue
-                            try:
-                                events = _chunk_events(obj, finished)
-                            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
-                                # A hostile or broken upstream: its reply fails, not the gateway.
-                                raise ProviderUnavailable(
-                                    "upstream sent a malformed chunk"
-                                ) from None
-                            for event in events:
-                                if type(event) is Finish:
-                                    finished = True
-                                yield event
-                            if obj.get("usage"):
-                                usage = obj["usage"]
+                        # Parsed in a function, so nothing of this read (its bytes, the
+                        # parsed chunk) is held by this frame while the next one waits:
+                        # about 1.5 KB per open stream.
+                        events, seen, done, error = _events_of(parser.feed(chunk), finished)
+                        del chunk
+                        for event in events:
+                            if type(event) is Finish:
+                                finished = True
+                            yield event
+                        if seen is not None:
+                            usage = seen
+                        if error is not None:
+                            raise error
                         if done:
                             break
                     if not finished:
@@ -245,14 +239,41 @@ _MAX_TOOL_CALLS: Final = 128
 _MAX_COUNT: Final = 1 << 40
 
 
-def _chunk_events(obj: dict[str, Any], finished: bool) -> list[StreamEvent]:
-    """The events of one parsed chunk; ``ValueError``/``TypeError`` when malformed."""
+def _events_of(
+    sses: list[SSEEvent], finished: bool
+) -> tuple[list[StreamEvent], Any, bool, ProviderError | None]:
+    """One read's SSE events as stream events, with the last usage seen, whether
+    ``[DONE]`` came, and the error that ends the stream (after the events before it)."""
     events: list[StreamEvent] = []
+    usage: Any = None
+    for sse in sses:
+        data = sse.data
+        if data == b"[DONE]":
+            return events, usage, True, None
+        obj = orjson.loads(data)
+        if not isinstance(obj, dict):
+            continue
+        try:
+            _chunk_events(obj, finished, events)
+        except ProviderError as exc:
+            return events, usage, False, exc
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+            # A hostile or broken upstream: its reply fails, not the gateway.
+            return events, usage, False, ProviderUnavailable("upstream sent a malformed chunk")
+        if events and type(events[-1]) is Finish:
+            finished = True
+        if obj.get("usage"):
+            usage = obj["usage"]
+    return events, usage, False, None
+
+
+def _chunk_events(obj: dict[str, Any], finished: bool, events: list[StreamEvent]) -> None:
+    """Add the events of one parsed chunk; ``ValueError``/``TypeError`` when malformed."""
     choices = obj.get("choices")
     if not choices:
         if "error" in obj:
             raise _in_band_error(obj["error"])
-        return events
+        return
     choice = choices[0]
     delta = choice.get("delta")
     if delta:
@@ -271,7 +292,6 @@ def _chunk_events(obj: dict[str, Any], finished: bool) -> list[StreamEvent]:
         if not isinstance(reason, str):
             raise TypeError("finish_reason")
         events.append(Finish(_FINISH_REASONS.get(reason, "stop")))
-    return events
 
 
 def _tool_call_delta(call: Any) -> ToolCallDelta:
