@@ -17,6 +17,7 @@ from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import Metrics
 from gateway.routing.registry import Registry, Route
 from gateway.routing.retired import Retired
+from gateway.streaming.watchdog import Ticker
 from providers.support.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class GatewayState:
     inflight: dict[asyncio.Task[object], ReplyRecord] = field(default_factory=dict)
     #: Set whenever no reply is in flight.
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The timers of every stream's watchdog (pings, idle timeouts).
+    ticker: Ticker = field(default_factory=Ticker)
     #: Providers a reload replaced, closed once no reply uses them.
     retired: Retired = field(default_factory=Retired)
     #: Routes handlers resolved and hold until their reply is tracked (see ``holding``).

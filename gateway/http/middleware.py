@@ -14,6 +14,7 @@ from multidict import istr
 from gateway.dialects.base import Dialect
 from gateway.dialects.chat_completions import CHAT_COMPLETIONS
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.http.origin import ORIGIN_POLICY, screen
 from gateway.observability.dashboard import DASHBOARD
 from gateway.observability.metrics import METRICS
 
@@ -76,13 +77,16 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind the request id; turn every error into an OpenAI error body, never a traceback."""
+    """Bind the request id, apply the Host/CORS policy (``gateway.http.origin``); turn
+    every error into an OpenAI error body, never a traceback."""
     request_id = request_id_of(request)
     request[REQUEST_ID_KEY] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
-        response = await handler(request)
+        policy = request.app.get(ORIGIN_POLICY)
+        early = screen(policy, request) if policy is not None else None
+        response = early if early is not None else await handler(request)
     except GatewayError as exc:
         return json_error(exc, request_id, request.get(DIALECT_KEY, CHAT_COMPLETIONS))
     except web.HTTPException as exc:

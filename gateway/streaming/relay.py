@@ -39,7 +39,7 @@ from gateway.errors import GatewayError, ReplyCancelled, from_provider_error
 from gateway.routing.attempts import Opened, close_events
 from gateway.streaming.record import ReplyRecord, end_reason, shutdown_error
 from gateway.streaming.replylog import Ended, ReplyLog, Sequencer
-from gateway.streaming.watchdog import Watchdog
+from gateway.streaming.watchdog import Ticker, Watchdog
 from gateway.streaming.writer import ClientGone, EventStream, SendTimeout
 from providers.errors import ProviderError
 from providers.events import Finish, StreamEvent, TextDelta, TokenCount, ToolCallDelta, Usage
@@ -64,6 +64,7 @@ class StreamSession:
         send_timeout: float,
         headers: dict[str, str],
         track: Track,
+        ticker: Ticker,
         retry_ms: int = 1000,
         background: bool = False,
         detach_grace: float = 0.0,
@@ -81,15 +82,18 @@ class StreamSession:
         self._track = track
         self._background = background
         self._grace = detach_grace
-        self.watchdog = Watchdog(self.primary, heartbeat=heartbeat, cut=self._on_cut)
+        self.watchdog = Watchdog(self.primary, heartbeat=heartbeat, cut=self._on_cut, ticker=ticker)
         #: Why this session cancelled its own task, when it did.
         self._cut: Exception | None = None
         self._task: asyncio.Task[None] | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
-        #: Resolved when the primary is done with: None, or the error to answer as JSON.
-        self._primary_done: asyncio.Future[GatewayError | None] = (
+        #: Resolved when the primary is done with: its response, or the error to answer
+        #: as JSON (raised). The handler awaits it; cancelled with the handler.
+        self._primary_done: asyncio.Future[web.StreamResponse] = (
             asyncio.get_running_loop().create_future()
         )
+        self._primary_done.add_done_callback(self._handler_done)
+        self._response = self.primary.response if self.primary is not None else None
         record.observers.append(self._log_end)
         reply_log.on_cancel = self.cancel
 
@@ -103,21 +107,17 @@ class StreamSession:
         self._task = asyncio.create_task(self._produce())
         return self._task
 
-    async def run(self) -> web.StreamResponse:
-        """Produce, serving the primary; raises :class:`GatewayError` only before headers."""
+    def run(self) -> asyncio.Future[web.StreamResponse]:
+        """Produce, serving the primary: the handler returns what this resolves to,
+        and it raises :class:`GatewayError` only before headers.
+
+        A future, not a coroutine: nothing more for an open stream to hold than the
+        handler's frame. Not shielded: a handler cancelled (the client left, or the
+        loop is closing) cancels it, which nothing else awaits (see ``_handler_done``).
+        """
         assert self.primary is not None
-        response = self.primary.response
         self.start()
-        try:
-            # Not shielded: a cancelled handler cancels this future, which nothing else
-            # awaits (a shield is two callbacks and a future more per open stream).
-            outcome = await self._primary_done
-        except asyncio.CancelledError:  # the client left (or the loop is closing)
-            self._primary_left(ClientGone())
-            raise
-        if outcome is not None:
-            raise outcome
-        return response
+        return self._primary_done
 
     def cancel(self) -> None:
         """Stop the reply (``POST .../cancel``): readers get one ``cancelled`` error."""
@@ -230,8 +230,19 @@ class StreamSession:
     def _release_primary(self, outcome: GatewayError | None) -> None:
         self.primary = None
         self.watchdog.detach()
-        if not self._primary_done.done():
-            self._primary_done.set_result(outcome)
+        done = self._primary_done
+        if done.done():
+            return
+        if outcome is not None:
+            done.set_exception(outcome)
+        elif self._response is not None:
+            done.set_result(self._response)
+        else:
+            done.cancel()  # no primary (a background reply): nobody awaits it
+
+    def _handler_done(self, done: asyncio.Future[web.StreamResponse]) -> None:
+        if done.cancelled() and self.primary is not None:
+            self._primary_left(ClientGone())
 
     def _abort_primary(self) -> None:
         transport = self._http_request.transport if self._http_request else None

@@ -6,34 +6,104 @@ events, then sets itself again for the next deadline. The relay tells it when th
 last event came (:attr:`Watchdog.last_event`) by assignment, which costs nothing.
 A reply that outlives its response (a background reply) keeps only the idle
 timeout: :meth:`Watchdog.detach` drops the stream and its pings.
+
+The watchdogs of a gateway share one :class:`Ticker`: one loop timer for all those
+due in the same slot of :data:`RESOLUTION` seconds, not one timer per stream (a
+timer is about 550 bytes an open stream; a slot's list entry is 8). A ping or an
+idle timeout is therefore up to that much late, never early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 from gateway.errors import UpstreamTimeout
 from gateway.streaming.writer import ClientGone, EventStream, SendTimeout
 
+#: The slot of a :class:`Ticker`, in seconds.
+RESOLUTION = 0.05
+
+
+class Ticker:
+    """The timers of many watchdogs: one loop timer per slot that has any due."""
+
+    __slots__ = ("_loop", "_resolution", "_slots", "_timers")
+
+    def __init__(self, resolution: float = RESOLUTION) -> None:
+        self._resolution = resolution
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The watchdogs due in each slot (a dict: ordered, and removal is O(1)).
+        self._slots: dict[int, dict[Watchdog, None]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def add(self, dog: Watchdog, when: float) -> int:
+        """Tick ``dog`` at the end of the slot holding loop time ``when``; the slot."""
+        slot = math.ceil(when / self._resolution)
+        dogs = self._slots.get(slot)
+        if dogs is None:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            dogs = self._slots[slot] = {}
+            self._timers[slot] = self._loop.call_at(slot * self._resolution, self._fire, slot)
+        dogs[dog] = None
+        return slot
+
+    def remove(self, dog: Watchdog, slot: int) -> None:
+        dogs = self._slots.get(slot)
+        if dogs is None:
+            return
+        dogs.pop(dog, None)
+        if not dogs:  # nothing else due then: no timer either
+            del self._slots[slot]
+            self._timers.pop(slot).cancel()
+
+    def __len__(self) -> int:
+        """Slots with a timer set."""
+        return len(self._slots)
+
+    def _fire(self, slot: int) -> None:
+        self._timers.pop(slot, None)
+        for dog in self._slots.pop(slot, {}):
+            dog.due = None
+            dog.tick()
+
 
 class Watchdog:
     """Pings and the idle timeout of one :class:`EventStream`."""
 
-    __slots__ = ("_cut", "_handle", "_heartbeat", "_loop", "_ping", "_stream", "idle", "last_event")
+    __slots__ = (
+        "_cut",
+        "_heartbeat",
+        "_loop",
+        "_ping",
+        "_stream",
+        "_ticker",
+        "due",
+        "idle",
+        "last_event",
+    )
 
     def __init__(
-        self, stream: EventStream | None, *, heartbeat: float, cut: Callable[[Exception], None]
+        self,
+        stream: EventStream | None,
+        *,
+        heartbeat: float,
+        cut: Callable[[Exception], None],
+        ticker: Ticker,
     ) -> None:
         self._stream = stream
         self._heartbeat = heartbeat
         self._cut = cut
+        self._ticker = ticker
         self._loop = asyncio.get_running_loop()
         #: Loop time of the last provider event (the start, before the first one).
         self.last_event = self._loop.time()
         #: The idle timeout, once the first event came.
         self.idle: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        #: The ticker's slot this watchdog is due in, while armed.
+        self.due: int | None = None
         self._ping: asyncio.Task[None] | None = None
 
     def arm(self) -> None:
@@ -44,12 +114,12 @@ class Watchdog:
         if self.idle is not None:
             due = min(due, self.last_event + self.idle)
         self.disarm()
-        self._handle = self._loop.call_at(due, self._tick)
+        self.due = self._ticker.add(self, due)
 
     def disarm(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self.due is not None:
+            self._ticker.remove(self, self.due)
+            self.due = None
 
     def detach(self) -> None:
         """No more pings: the stream is gone, the reply goes on."""
@@ -63,8 +133,8 @@ class Watchdog:
         if self._ping is not None:
             self._ping.cancel()
 
-    def _tick(self) -> None:
-        self._handle = None
+    def tick(self) -> None:
+        """The ticker's call, when due."""
         now = self._loop.time()
         if self.idle is not None and now - self.last_event >= self.idle:
             self._cut(UpstreamTimeout(f"upstream sent nothing for {self.idle:g} s (idle timeout)"))
@@ -77,7 +147,7 @@ class Watchdog:
         if now - last_write >= self._heartbeat and (self._ping is None or self._ping.done()):
             self._ping = asyncio.ensure_future(self._send_ping())
             idle_due = self.last_event + self.idle if self.idle is not None else now + 1e9
-            self._handle = self._loop.call_at(min(now + self._heartbeat, idle_due), self._tick)
+            self.due = self._ticker.add(self, min(now + self._heartbeat, idle_due))
             return
         self.arm()
 

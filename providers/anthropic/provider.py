@@ -18,8 +18,7 @@ writes). A stream that ends before ``message_stop`` was cut.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -39,7 +38,7 @@ from providers.errors import (
     TranslateErrors,
 )
 from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
-from providers.support.upstream_sse import SSEParser, retry_after_seconds
+from providers.support.upstream_sse import SSEEvent, SSEParser, retry_after_seconds
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 API_VERSION: Final = "2023-06-01"
@@ -96,37 +95,52 @@ class AnthropicProvider:
                 response = await self._session.post(self._url, data=body, headers=self._headers)
                 if response.status >= 400:
                     raise await _status_error(response)
-                async with aclosing(_events(response)) as events:
-                    async for event in events:
+                parser = SSEParser()
+                state = _StreamState()
+                read = response.content.readany  # not its async iterator: a coroutine less
+                # The events are parsed here, not in a generator of its own (one layer
+                # less for every token), each read in a function (nothing of it is held
+                # while the next read waits).
+                while chunk := await read():
+                    events, error = _events_of(parser.feed(chunk), state)
+                    del chunk
+                    for event in events:
                         yield event
+                    if error is not None:
+                        raise error
+                    if state.stopped:
+                        await _drain(response)
+                        return
+                raise ProviderUnavailable("upstream stream ended without message_stop")
         finally:
             if response is not None:
                 # Closes the connection instead of pooling it when the body was not read.
                 response.release()
 
 
-async def _events(response: aiohttp.ClientResponse) -> AsyncGenerator[StreamEvent, None]:
-    """Parse a Messages API event stream into provider events."""
-    parser = SSEParser()
-    loads = orjson.loads
-    state = _StreamState()
-    read = response.content.readany  # not its async iterator: a coroutine less per read
-    while chunk := await read():
-        for sse in parser.feed(chunk):
-            obj = loads(sse.data)
-            if not isinstance(obj, dict):
-                continue  # not an event: nothing to relay
-            try:
-                events = state.events_of(obj, sse.event)
-            except (TypeError, ValueError, AttributeError, KeyError):
-                # A hostile or broken upstream: its reply fails, never the gateway.
-                raise ProviderUnavailable("upstream sent a malformed event") from None
-            for event in events:
-                yield event
-            if state.stopped:
-                await _drain(response)
-                return
-    raise ProviderUnavailable("upstream stream ended without message_stop")
+def _events_of(
+    sses: list[SSEEvent], state: _StreamState
+) -> tuple[list[StreamEvent], Exception | None]:
+    """One read's Messages API events as provider events, and the error that ends
+    the stream (after the events before it)."""
+    events: list[StreamEvent] = []
+    for sse in sses:
+        try:
+            obj = orjson.loads(sse.data)
+        except orjson.JSONDecodeError as exc:  # translated as it is raised
+            return events, exc
+        if not isinstance(obj, dict):
+            continue  # not an event: nothing to relay
+        try:
+            events.extend(state.events_of(obj, sse.event))
+        except ProviderError as exc:
+            return events, exc
+        except (TypeError, ValueError, AttributeError, KeyError):
+            # A hostile or broken upstream: its reply fails, never the gateway.
+            return events, ProviderUnavailable("upstream sent a malformed event")
+        if state.stopped:
+            break
+    return events, None
 
 
 #: Tool calls one reply may open; a content block beyond it is a malformed event.

@@ -241,7 +241,7 @@ _MAX_COUNT: Final = 1 << 40
 
 def _events_of(
     sses: list[SSEEvent], finished: bool
-) -> tuple[list[StreamEvent], Any, bool, ProviderError | None]:
+) -> tuple[list[StreamEvent], Any, bool, Exception | None]:
     """One read's SSE events as stream events, with the last usage seen, whether
     ``[DONE]`` came, and the error that ends the stream (after the events before it)."""
     events: list[StreamEvent] = []
@@ -250,7 +250,10 @@ def _events_of(
         data = sse.data
         if data == b"[DONE]":
             return events, usage, True, None
-        obj = orjson.loads(data)
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:  # translated as it is raised
+            return events, usage, False, exc
         if not isinstance(obj, dict):
             continue
         try:

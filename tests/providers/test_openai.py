@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
@@ -252,6 +253,34 @@ async def test_in_band_error_after_some_tokens(
     with pytest.raises(expected, match="fake in-band error"):
         await consume(provider.stream(request()), events)
     assert text_of(events) == expected_text(2)
+
+
+async def test_waiting_for_the_next_read_holds_nothing_of_the_last(
+    fake: FakeOpenAIUpstream, provider: Any
+) -> None:
+    """Regression (memory per open stream): while the next read waited, the stream's
+    frame still held the last read's bytes and its parsed chunk (about 1.5 KB per
+    open stream)."""
+    fake.script = [Behaviour(tokens=5, stall_after=2)]
+    events = provider.stream(request())
+    waiting = None
+    try:
+        got = [await anext(events), await anext(events)]
+        assert [type(e) for e in got] == [TextDelta, TextDelta]
+        waiting = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        held = {
+            name: type(value).__name__
+            for name, value in events.ag_frame.f_locals.items()
+            if isinstance(value, bytes | bytearray | dict)
+        }
+        assert held == {}
+    finally:
+        if waiting is not None:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+        await events.aclose()
 
 
 @pytest.mark.parametrize("done", [True, False])

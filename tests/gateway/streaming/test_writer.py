@@ -7,7 +7,11 @@ import time
 from typing import Any
 
 import orjson
+from aiohttp import web
+from aiohttp.pytest_plugin import AiohttpClient
 
+from gateway.http.middleware import REQUEST_ID
+from gateway.streaming.writer import EventStream
 from tests.support.sse_client import chat, parse_events
 
 
@@ -68,3 +72,31 @@ async def test_http_10_client_gets_an_unchunked_stream(gateway_url: str) -> None
     data, _ = parse_events(b"".join(c for _, c in chunks))
     assert data[-1] == "[DONE]"
     assert len(data) == 40 + 3
+
+
+async def test_an_open_stream_keeps_no_copy_of_its_headers(aiohttp_client: AiohttpClient) -> None:
+    """Regression (memory per open stream): a streamed response held its headers,
+    rate-limit values and all, for as long as it was open; they are sent with the
+    status line and dropped, and the client still gets every one."""
+    held: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        stream = EventStream(
+            request, headers={REQUEST_ID: "abc", "x-ratelimit-limit-requests": "7"}, send_timeout=5
+        )
+        await stream.open()
+        held.append(len(stream.response.headers))
+        await stream.send(b"data: x\n\n")
+        await stream.close()
+        return stream.response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/") as response:
+        assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["X-Request-ID"] == "abc"
+        assert response.headers["x-ratelimit-limit-requests"] == "7"
+        assert response.headers["X-Accel-Buffering"] == "no"
+        assert await response.read() == b"data: x\n\n"
+    assert held == [0]

@@ -1,0 +1,59 @@
+"""The watchdogs' shared ticker: one timer per slot, never early, nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.errors import UpstreamTimeout
+from gateway.streaming.watchdog import Ticker, Watchdog
+
+
+def idle_dog(ticker: Ticker, cuts: list[tuple[float, Exception]], idle: float) -> Watchdog:
+    loop = asyncio.get_running_loop()
+    dog = Watchdog(
+        None, heartbeat=60.0, cut=lambda exc: cuts.append((loop.time(), exc)), ticker=ticker
+    )
+    dog.idle = idle
+    return dog
+
+
+async def test_an_idle_timeout_fires_through_the_ticker_and_never_early() -> None:
+    ticker = Ticker(resolution=0.05)
+    cuts: list[tuple[float, Exception]] = []
+    dog = idle_dog(ticker, cuts, idle=0.12)
+    dog.arm()
+    async with asyncio.timeout(10):
+        while not cuts:
+            await asyncio.sleep(0.01)
+    at, exc = cuts[0]
+    assert isinstance(exc, UpstreamTimeout)
+    assert at - dog.last_event >= 0.12
+    assert len(ticker) == 0
+
+
+async def test_watchdogs_due_in_one_slot_share_one_timer() -> None:
+    ticker = Ticker(resolution=10.0)
+    cuts: list[tuple[float, Exception]] = []
+    dogs = [idle_dog(ticker, cuts, idle=5.0) for _ in range(100)]
+    for dog in dogs:
+        dog.arm()
+    assert len(ticker) <= 2  # the starts may straddle a slot's edge
+    for dog in dogs:
+        dog.stop()
+    assert len(ticker) == 0
+    assert cuts == []
+
+
+async def test_a_finished_stream_leaves_nothing_in_the_ticker() -> None:
+    """A disarmed watchdog leaves the ticker at once: nothing holds a finished
+    stream until its slot comes."""
+    ticker = Ticker(resolution=0.05)
+    cuts: list[tuple[float, Exception]] = []
+    dog = idle_dog(ticker, cuts, idle=30.0)
+    dog.arm()
+    dog.arm()  # re-armed: still one entry
+    assert len(ticker) == 1
+    dog.disarm()
+    assert len(ticker) == 0
+    await asyncio.sleep(0.1)
+    assert cuts == []
