@@ -255,6 +255,23 @@ async def test_in_band_error_after_some_tokens(
     assert text_of(events) == expected_text(2)
 
 
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [(b"{not json", "invalid JSON chunk"), (b'{"choices":[{"delta":{"content":7}}]}', "malformed")],
+)
+async def test_text_before_a_broken_chunk_in_the_same_read_comes_first(
+    fake: FakeOpenAIUpstream, provider: Any, broken: bytes, message: str
+) -> None:
+    """Each read is parsed in one go: the text before a broken chunk still goes out,
+    then the reply fails (one write, so usually one read; either way the same)."""
+    good = b'{"choices":[{"index":0,"delta":{"content":"kept"}}]}'
+    fake.script = [Behaviour(raw=(good + b"\n\ndata: " + broken,))]
+    events: list[StreamEvent] = []
+    with pytest.raises(ProviderUnavailable, match=message):
+        await consume(provider.stream(request()), events)
+    assert events == [TextDelta("kept")]
+
+
 async def test_waiting_for_the_next_read_holds_nothing_of_the_last(
     fake: FakeOpenAIUpstream, provider: Any
 ) -> None:
