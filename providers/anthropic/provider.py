@@ -23,7 +23,6 @@ from typing import Any, Final
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict, istr
 
 from config.models import UpstreamConfig
 from providers.anthropic.messages import request_body
@@ -38,6 +37,7 @@ from providers.errors import (
     TranslateErrors,
 )
 from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.support.headers import request_headers
 from providers.support.upstream_sse import SSEEvent, SSEParser, retry_after_seconds
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
@@ -69,9 +69,7 @@ class AnthropicProvider:
         if self._secret:
             headers["x-api-key"] = self._secret
         headers.update(upstream.headers)
-        # istr names in a CIMultiDict aiohttp takes as it is: no per-request lower-cased
-        # copy of every name (see providers/openai/provider.py).
-        self._headers = CIMultiDict((istr(k), v) for k, v in headers.items())
+        self._headers = request_headers(headers)
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=upstream.connect_timeout, sock_read=None
         )

@@ -44,7 +44,7 @@ import httpx2
 import openai
 import orjson
 import yarl
-from multidict import CIMultiDict, istr
+from multidict import CIMultiDict
 
 from config.models import UpstreamConfig
 from providers.base import ChatRequest
@@ -68,6 +68,7 @@ from providers.events import (
 )
 from providers.openai.sdk_internals import aiohttp_cause, request_template, status_error
 from providers.openai.tokenize import UpstreamTokenizer
+from providers.support.headers import request_headers
 from providers.support.upstream_sse import SSEEvent, SSEParser, retry_after_seconds
 
 _FINISH_REASONS: Final[Mapping[str, FinishReason]] = {
@@ -119,10 +120,8 @@ class OpenAIProvider:
             )
         if self._template is None:
             text, fields = request_template(self._client, "/chat/completions")
-            # Parsed once, not on every request; the names as istr, in a CIMultiDict
-            # aiohttp takes as it is: each request's headers then hold no lower-cased
-            # copy of every name (about 1 KB per open stream).
-            self._template = (yarl.URL(text), CIMultiDict((istr(k), v) for k, v in fields.items()))
+            # Parsed once, not on every request.
+            self._template = (yarl.URL(text), request_headers(fields))
         url, headers = self._template
         return self._session, url, headers
 
@@ -166,7 +165,7 @@ class OpenAIProvider:
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         # The body is parsed here, not in a generator of its own: one generator layer
         # less for every token.
-        finished = done = False
+        chunks = _Chunks()
         try:
             with _TranslateErrors(self._secret):
                 session, url, headers = self._open()
@@ -180,34 +179,27 @@ class OpenAIProvider:
                             self._client, str(url), response.status, response.headers, body
                         )
                     parser = SSEParser()
-                    usage: Any = None
                     # As the transport read them, straight from the reader: its async
                     # iterator is one more coroutine to resume for every token.
                     read = response.content.readany
                     while chunk := await read():
-                        # Parsed in a function, so nothing of this read (its bytes, the
-                        # parsed chunk) is held by this frame while the next one waits:
-                        # about 1.5 KB per open stream.
-                        events, seen, done, error = _events_of(parser.feed(chunk), finished)
-                        del chunk
+                        events, error = chunks.events_of(parser.feed(chunk))
+                        del chunk  # not held while the next read waits (see _Chunks)
                         for event in events:
-                            if type(event) is Finish:
-                                finished = True
                             yield event
-                        if seen is not None:
-                            usage = seen
                         if error is not None:
                             raise error
-                        if done:
+                        if chunks.done:
                             break
-                    if not finished:
+                    if not chunks.finished:
                         raise ProviderUnavailable("upstream stream ended without a finish")
+                    usage = chunks.usage
                     if isinstance(usage, dict):
                         yield Usage(
                             prompt_tokens=_count(usage.get("prompt_tokens")),
                             completion_tokens=_count(usage.get("completion_tokens")),
                         )
-                    if done:
+                    if chunks.done:
                         await _drain(response.content)
                 finally:
                     # Read to its end: the connection goes back to the pool; else closed.
@@ -216,7 +208,7 @@ class OpenAIProvider:
                     else:
                         response.close()
         except ProviderUnavailable:
-            if not finished:
+            if not chunks.finished:
                 raise
 
 
@@ -239,35 +231,50 @@ _MAX_TOOL_CALLS: Final = 128
 _MAX_COUNT: Final = 1 << 40
 
 
-def _events_of(
-    sses: list[SSEEvent], finished: bool
-) -> tuple[list[StreamEvent], Any, bool, Exception | None]:
-    """One read's SSE events as stream events, with the last usage seen, whether
-    ``[DONE]`` came, and the error that ends the stream (after the events before it)."""
-    events: list[StreamEvent] = []
-    usage: Any = None
-    for sse in sses:
-        data = sse.data
-        if data == b"[DONE]":
-            return events, usage, True, None
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:  # translated as it is raised
-            return events, usage, False, exc
-        if not isinstance(obj, dict):
-            continue
-        try:
-            _chunk_events(obj, finished, events)
-        except ProviderError as exc:
-            return events, usage, False, exc
-        except (TypeError, ValueError, AttributeError, KeyError, IndexError):
-            # A hostile or broken upstream: its reply fails, not the gateway.
-            return events, usage, False, ProviderUnavailable("upstream sent a malformed chunk")
-        if events and type(events[-1]) is Finish:
-            finished = True
-        if obj.get("usage"):
-            usage = obj["usage"]
-    return events, usage, False, None
+class _Chunks:
+    """What one stream's chunks told so far, parsed a read at a time.
+
+    In a plain method, so nothing of a read (its bytes, the parsed chunk) is held by
+    the stream's frame while the next read waits: about 1.5 KB per open stream.
+    """
+
+    __slots__ = ("done", "finished", "usage")
+
+    def __init__(self) -> None:
+        #: ``[DONE]`` came.
+        self.done = False
+        #: A finish reason came (later ones are ignored).
+        self.finished = False
+        #: The last ``usage`` seen.
+        self.usage: Any = None
+
+    def events_of(self, sses: list[SSEEvent]) -> tuple[list[StreamEvent], Exception | None]:
+        """One read's SSE events as stream events, and the error that ends the
+        stream (after the events before it)."""
+        events: list[StreamEvent] = []
+        for sse in sses:
+            data = sse.data
+            if data == b"[DONE]":
+                self.done = True
+                break
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:  # translated as it is raised
+                return events, exc
+            if not isinstance(obj, dict):
+                continue
+            try:
+                _chunk_events(obj, self.finished, events)
+            except ProviderError as exc:
+                return events, exc
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+                # A hostile or broken upstream: its reply fails, not the gateway.
+                return events, ProviderUnavailable("upstream sent a malformed chunk")
+            if events and type(events[-1]) is Finish:  # a chunk's finish comes last
+                self.finished = True
+            if obj.get("usage"):
+                self.usage = obj["usage"]
+        return events, None
 
 
 def _chunk_events(obj: dict[str, Any], finished: bool, events: list[StreamEvent]) -> None:
