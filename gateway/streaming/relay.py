@@ -311,16 +311,19 @@ class StreamSession:
         event = opened.first
         # The opening frames leave with the first token: the status line, the headers,
         # the opening and the first token in one write (TTFT: one system call, not two).
-        head = self.sequencer.start()
+        # None once sent: what follows is written without a coroutine (``write``).
+        opening = self.sequencer.start()
+        head: bytes | None = opening
         primary = self.primary
         if primary is not None:
             try:
                 await primary.open()
                 if type(event) is not TextDelta:
-                    await primary.send(head)
-                    head = b""
+                    await primary.send(opening)
+                    head = None
             except (ClientGone, SendTimeout) as exc:
                 self._lost(exc)
+        del opening  # not held while the stream is open
 
         events = opened.events
         texts = record.texts
@@ -338,11 +341,11 @@ class StreamSession:
                 if primary is not None:
                     # No local for the frame: it would be held while the next token waits.
                     try:
-                        if head:
+                        if head is not None:
                             await primary.send(head + one(text_frame(text)))
-                            head = b""
-                        else:
-                            await primary.send(one(text_frame(text)))
+                            head = None
+                        elif primary.write(one(text_frame(text))):  # after the first: no
+                            await primary.drain()  # coroutine per token, unless a backlog
                     except (ClientGone, SendTimeout) as exc:
                         self._lost(exc)
                 if meter is not None and len(texts) >= meter.next_debit:

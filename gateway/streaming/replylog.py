@@ -160,7 +160,7 @@ class Sequencer:
     had them; None: it has none); the first event sent carries ``retry``.
     """
 
-    __slots__ = ("_ids", "_retry", "after", "encoder", "seq", "started")
+    __slots__ = ("_ids", "_plain", "_retry", "after", "encoder", "seq", "started")
 
     def __init__(
         self,
@@ -178,6 +178,8 @@ class Sequencer:
         self._retry = retry_ms if ids else None
         #: False: frames pass unnumbered (``resumable: false``).
         self._ids = ids
+        #: Numbering is just the next ``id``: ids on, ``retry`` sent, nothing to drop.
+        self._plain = False
 
     def number(self, frames: bytes) -> bytes:
         """Number the events in ``frames`` (the next ones of the stream)."""
@@ -187,16 +189,15 @@ class Sequencer:
         if out and self._retry is not None:
             out = framer.with_retry(out, self._retry)
             self._retry = None
+        self._plain = self._retry is None and self.after <= self.seq
         return out
 
     def one(self, frames: bytes) -> bytes:
         """:meth:`number` for a token's frames: the hot path, for the common case of
         one event (a dialect may open an item with the first token: then in general)."""
-        if not self._ids:
-            return frames
-        if self._retry is None and self.after <= self.seq and frames.count(framer.END) == 1:
-            self.seq += 1
-            return b"id: %d\n" % self.seq + frames
+        if self._plain and frames.count(framer.END) == 1:
+            self.seq = seq = self.seq + 1
+            return b"id: %d\n%b" % (seq, frames)
         return self.number(frames)
 
     def start(self) -> bytes:

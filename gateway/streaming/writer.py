@@ -111,24 +111,42 @@ class EventStream:
 
     async def send(self, frame: bytes) -> None:
         """Write one framed event, waiting for the socket when a backlog exists."""
+        if self._raw:
+            if self.write(frame):
+                await self.drain()
+            return
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ClientGone()
         try:
-            if not self._raw:
-                # aiohttp may hold the headers back until the first body write.
-                await self._response.write(frame)
-                self._raw = True
-                self.last_write = self._loop.time()
-            else:
-                self._pending.append(frame)
-                if self._flush_handle is None:
-                    self._flush_handle = self._loop.call_soon(self.flush)
-            if transport.get_write_buffer_size():
-                self.flush()
-                # Returns at once unless the transport is above its high-water mark.
-                async with asyncio.timeout(self._send_timeout):
-                    await self._request.writer.drain()
+            # aiohttp may hold the headers back until the first body write.
+            await self._response.write(frame)
+        except ConnectionError as exc:
+            raise ClientGone() from exc
+        self._raw = True
+        self.last_write = self._loop.time()
+        if transport.get_write_buffer_size():
+            await self.drain()
+
+    def write(self, frame: bytes) -> bool:
+        """:meth:`send` without a coroutine, for every event after the first (the
+        per-token path): queue ``frame``; True when the socket has a backlog, and
+        the caller must ``await drain()`` before the next."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ClientGone()
+        self._pending.append(frame)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+        return transport.get_write_buffer_size() > 0
+
+    async def drain(self) -> None:
+        """Send what is queued, then wait while the transport is above its high-water
+        mark, at most ``send_timeout`` seconds."""
+        self.flush()
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self._request.writer.drain()
         except TimeoutError:
             raise SendTimeout() from None
         except ConnectionError as exc:

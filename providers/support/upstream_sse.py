@@ -35,16 +35,29 @@ class SSEEvent(NamedTuple):
 class SSEParser:
     """Incremental event-stream parser: feed it chunks, get whole events back."""
 
-    __slots__ = ("_carry", "_data", "_event", "_started")
+    __slots__ = ("_carry", "_data", "_event", "_idle", "_started")
 
     def __init__(self) -> None:
         self._carry = b""
         self._data: list[bytes] = []
         self._event = ""
         self._started = False
+        #: Between events: past the BOM, nothing carried, no event begun.
+        self._idle = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse ``chunk`` and return the events it completes (often none or one)."""
+        if self._idle and (data := _lone_data(chunk)) is not None:
+            return [SSEEvent("message", data)]
+        return self._feed(chunk)
+
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """:meth:`feed`, for a reader that ignores event types: each event's data."""
+        if self._idle and (data := _lone_data(chunk)) is not None:
+            return [data]  # a token per read: no event tuple made
+        return [event.data for event in self._feed(chunk)]
+
+    def _feed(self, chunk: bytes) -> list[SSEEvent]:
         buf = self._carry + chunk if self._carry else chunk
         if self._started and not self._data and not self._event and b"\r" not in buf:
             # The common case, whole one-line ``data:`` events (tokens), without the
@@ -58,8 +71,11 @@ class SSEParser:
                     events.append(SSEEvent("message", part[6:]))
                 else:
                     self._carry = buf[end + 2 :]
+                    self._idle = not self._carry
                     return events
-        return self._lines(buf)
+        events = self._lines(buf)
+        self._idle = self._started and not (self._carry or self._data or self._event)
+        return events
 
     def _lines(self, buf: bytes) -> list[SSEEvent]:
         """The line loop: ``buf`` is the carry and the new chunk."""
@@ -98,6 +114,17 @@ class SSEParser:
                 self._event = value.decode("utf-8", "replace")
             # Comments (empty name), id, retry and unknown fields are ignored.
         return events
+
+
+def _lone_data(chunk: bytes) -> bytes | None:
+    """The data of ``chunk`` when it is exactly one whole one-line ``data:`` event
+    (the common case: a token per read), else None. Checked without splitting: the
+    only LFs are the last two bytes, and the line holds no CR."""
+    end = chunk.find(b"\n")
+    whole = end == len(chunk) - 2 and chunk[-1] == 10
+    if whole and chunk[:6] == b"data: " and chunk.find(b"\r", 0, end) < 0:
+        return chunk[6:end]
+    return None
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

@@ -272,6 +272,74 @@ async def test_text_before_a_broken_chunk_in_the_same_read_comes_first(
     assert events == [TextDelta("kept")]
 
 
+_CONTENT = {"choices": [{"index": 0, "delta": {"content": "ok"}}]}
+_FINISH = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+
+async def test_chunks_that_are_not_objects_are_skipped(
+    fake: FakeOpenAIUpstream, provider: Any
+) -> None:
+    fake.script = [Behaviour(raw=(_CONTENT, 7, b"[]", b'"text"', None, _CONTENT, _FINISH))]
+    events: list[StreamEvent] = []
+    await consume(provider.stream(request()), events)
+    assert events == [TextDelta("ok"), TextDelta("ok"), Finish("stop")]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"choices": [{"delta": "text"}]},
+        {"choices": [{"delta": {"content": ["a"]}}]},
+        {"choices": [{"finish_reason": 1}]},
+        {"choices": {"0": {"delta": {"content": "a"}}}},
+        {"choices": [{"delta": {"tool_calls": {"index": 0}}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": True}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": "0"}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 128}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": -1}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"function": {"name": 3}}]}}]},
+        b'{"usage":{"prompt_tokens":1e400}}',
+    ],
+)
+async def test_a_mistyped_chunk_fails_the_reply_as_malformed(
+    fake: FakeOpenAIUpstream, provider: Any, broken: Any
+) -> None:
+    fake.script = [Behaviour(raw=(_CONTENT, broken, _CONTENT, _FINISH))]
+    events: list[StreamEvent] = []
+    with pytest.raises(ProviderUnavailable, match="malformed chunk"):
+        await consume(provider.stream(request()), events)
+    assert events == [TextDelta("ok")]
+
+
+async def test_unknown_chunk_fields_pass_unread(fake: FakeOpenAIUpstream, provider: Any) -> None:
+    """What the gateway does not read (logprobs, fingerprints, new fields) is skipped
+    whatever its shape; the fields it reads keep their meaning."""
+    chunk = {
+        "id": 7,
+        "system_fingerprint": {"nested": [1, 2]},
+        "obfuscation": "abc",
+        "choices": [
+            {
+                "index": "zero",
+                "delta": {"content": "ok", "role": 5, "refusal": None, "extra": [{}]},
+                "logprobs": {"content": [{"token": "ok", "logprob": -0.1, "bytes": [111]}]},
+            }
+        ],
+    }
+    fake.script = [Behaviour(raw=(chunk, _FINISH, {"choices": [], "usage": {"x": 1}}))]
+    events: list[StreamEvent] = []
+    await consume(provider.stream(request()), events)
+    assert events == [TextDelta("ok"), Finish("stop"), Usage(prompt_tokens=0, completion_tokens=0)]
+
+
+async def test_an_error_field_without_choices_is_an_in_band_error(
+    fake: FakeOpenAIUpstream, provider: Any
+) -> None:
+    fake.script = [Behaviour(raw=(_CONTENT, {"error": None}))]
+    with pytest.raises(ProviderUnavailable, match="upstream error: None"):
+        await consume(provider.stream(request()), [])
+
+
 async def test_waiting_for_the_next_read_holds_nothing_of_the_last(
     fake: FakeOpenAIUpstream, provider: Any
 ) -> None:
@@ -369,12 +437,27 @@ class _LineLoopOnly(SSEParser):
 def test_sse_parser_fast_path_agrees_with_the_line_loop(chunks: list[bytes]) -> None:
     """Whole one-line events take a shortcut, which must change nothing, however the
     bytes are cut."""
-    fast, loop = SSEParser(), _LineLoopOnly()
+    fast, loop, datas = SSEParser(), _LineLoopOnly(), SSEParser()
     got = [event for chunk in chunks for event in fast.feed(chunk)]
     assert got == [event for chunk in chunks for event in loop.feed(chunk)]
+    assert [data for chunk in chunks for data in datas.feed_data(chunk)] == [e.data for e in got]
     data = b"".join(chunks)
     bytewise = SSEParser()
     assert got == [event for i in range(len(data)) for event in bytewise.feed(data[i : i + 1])]
+
+
+def test_sse_parser_lone_event_shortcut_waits_for_a_started_or_carried_event() -> None:
+    """A read that is exactly one ``data:`` event skips the parser, unless an event
+    is under way: a carried partial line, a data line already read, or the BOM check."""
+    parser = SSEParser()
+    assert parser.feed_data(b"data: a\n\n") == [b"a"]  # the first read: BOM check
+    assert parser.feed_data(b"data: b\n\n") == [b"b"]
+    assert parser.feed_data(b"data: c") == []
+    assert parser.feed_data(b"data: d\n\n") == [b"cdata: d"]
+    assert parser.feed_data(b"data: e\n") == []
+    assert parser.feed_data(b"data: f\n\n") == [b"e\nf"]
+    assert parser.feed_data(b"data: g\r\n\n") == [b"g"]
+    assert parser.feed_data(b"data: h\n\n") == [b"h"]
 
 
 def test_sse_parser_fast_path_keeps_a_pending_event_name() -> None:
