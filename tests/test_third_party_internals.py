@@ -158,3 +158,10 @@ def test_request_handler_error_seams_exist() -> None:
     assert callable(aiohttp_internals.RequestHandler.data_received)
     source = inspect.getsource(web.Server.__call__)
     assert "RequestHandler(self, loop=self._loop, **self._kwargs)" in source
+
+
+def test_stream_response_still_decides_when_headers_go_by_a_class_attribute() -> None:
+    """gateway/streaming/writer.py's ``_EventResponse`` holds the headers back until the
+    first event by ``_send_headers_immediately`` (``web.Response`` sets it False)."""
+    assert web.StreamResponse._send_headers_immediately is True
+    assert web.Response._send_headers_immediately is False

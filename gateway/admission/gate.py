@@ -169,12 +169,13 @@ class Gate:
     def admits_ahead(self, identity: Identity) -> bool:
         """Whether ``identity``'s next admission may run while the upstream starts.
 
-        Only with a store that answers in a round trip (Redis), and only while the
-        key's latest admission in this process left clear room: its first request,
-        and every one after a refusal or near a limit, waits for the answer first,
-        so a refused key does not reach the upstream.
+        Only while the key's latest admission in this process left clear room: its
+        first request, and every one after a refusal or near a limit, waits for the
+        answer first, so a refused key does not reach the upstream. Otherwise the
+        admission (a Redis round trip, or the in-process store's tens of
+        microseconds) overlaps the upstream's time to its first token.
         """
-        return not self.store.answers_at_once and self._room.get(identity.name, False)
+        return self._room.get(identity.name, False)
 
     @property
     def enabled(self) -> bool:

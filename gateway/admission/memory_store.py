@@ -109,8 +109,6 @@ def _copy(counts: UsageCounts) -> UsageCounts:
 class MemoryStore:
     """A ``StateStore`` held in this process."""
 
-    answers_at_once = True
-
     def __init__(self, reservation_ttl: float = DEFAULT_RESERVATION_TTL) -> None:
         self._ttl = reservation_ttl
         self._keys: dict[str, _KeyState] = {}

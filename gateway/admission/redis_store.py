@@ -86,8 +86,6 @@ def _opt_float(value: Any) -> float | None:
 class RedisStore:
     """A ``StateStore`` in Redis: limits hold across every process sharing it."""
 
-    answers_at_once = False
-
     def __init__(
         self,
         url: str,

@@ -157,10 +157,6 @@ def empty_usage() -> KeyUsage:
 class StateStore(Protocol):
     """Admission state shared by everything serving one set of keys."""
 
-    #: Whether ``admit`` answers without waiting on another process (the
-    #: in-process store); otherwise the gate may admit while the upstream starts.
-    answers_at_once: bool
-
     async def admit(
         self, key: str, limits: Limits, reserve_tokens: int, now: float | None = None
     ) -> Admission:

@@ -87,13 +87,13 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             operation=dialect.operation,
         )
         headers: dict[str, str] = {REQUEST_ID: request_id}
+        ahead = False
+        cap = routes[0].config.max_tokens_cap
         if identity is not None:
             record.key = identity.name
             structlog.contextvars.bind_contextvars(key=identity.name)
-            cap = routes[0].config.max_tokens_cap
-            if inbound.stream and state.gate.admits_ahead(identity):
-                record.admission = _admit_ahead(state.gate, identity, record, cap)
-            else:
+            ahead = inbound.stream and state.gate.admits_ahead(identity)
+            if not ahead:
                 ticket = await _admit(state.gate, identity, record, cap)
                 headers.update(ticket.take_headers())
         if settings.metrics:
@@ -104,37 +104,49 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         if not inbound.stream and not inbound.background:
             with state.track(record):
                 return json_response(await collect(record, parsed), headers=headers)
-        # Streamed and background replies go into a reply log: resumable, cancellable.
-        meta = ReplyMeta(
-            reply_id=record.reply_id,
-            dialect=dialect.name,
-            body=body,
-            created=record.created,
-            token=new_token() if settings.resumable else "",
-            key=record.key,
-            background=inbound.background,
-        )
-        reply_log: ReplyLog
-        if settings.resumable:
-            reply_log = await state.reply_logs.create(meta)
-            headers[RESUME_TOKEN] = meta.token
-        else:
-            reply_log = UnloggedReply(meta)  # no ids, nothing kept: not resumable
-        session = StreamSession(
-            request if inbound.stream else None,
-            record,
-            parsed.encoder(record.reply_id, record.created),
-            reply_log=reply_log,
-            heartbeat=settings.heartbeat_seconds,
-            send_timeout=settings.send_timeout_seconds,
-            headers=headers,
-            track=state.track,
-            ticker=state.ticker,
-            retry_ms=settings.resume_retry_ms,
-            background=inbound.background,
-            detach_grace=settings.detach_grace_seconds,
-            ids=settings.resumable,
-        )
+        if inbound.stream:
+            # The upstream first: the rest is set up while it works on its first token.
+            record.start_opening()
+        try:
+            if inbound.stream:
+                await _request_out()
+            # Streamed and background replies go into a reply log: resumable, cancellable.
+            meta = ReplyMeta(
+                reply_id=record.reply_id,
+                dialect=dialect.name,
+                body=body,
+                created=record.created,
+                token=new_token() if settings.resumable else "",
+                key=record.key,
+                background=inbound.background,
+            )
+            reply_log: ReplyLog
+            if settings.resumable:
+                reply_log = await state.reply_logs.create(meta)
+                headers[RESUME_TOKEN] = meta.token
+            else:
+                reply_log = UnloggedReply(meta)  # no ids, nothing kept: not resumable
+            if ahead:
+                assert identity is not None
+                record.admission = _admit_ahead(state.gate, identity, record, cap)
+            session = StreamSession(
+                request if inbound.stream else None,
+                record,
+                parsed.encoder(record.reply_id, record.created),
+                reply_log=reply_log,
+                heartbeat=settings.heartbeat_seconds,
+                send_timeout=settings.send_timeout_seconds,
+                headers=headers,
+                track=state.track,
+                ticker=state.ticker,
+                retry_ms=settings.resume_retry_ms,
+                background=inbound.background,
+                detach_grace=settings.detach_grace_seconds,
+                ids=settings.resumable,
+            )
+        except BaseException:
+            record.drop_opening()  # never claimed: nothing streams it
+            raise
         if inbound.stream:
             # The parsed request (~2 KB), the body and the headers (the response has them)
             # are not needed while streaming: the encoder, the record and the log have
@@ -143,6 +155,15 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             return await session.run()
         session.start()
         return json_response(parsed.pending(record.reply_id, record.created), headers=headers)
+
+
+async def _request_out() -> None:
+    """Let the upstream request just started go out before the handler goes on: the
+    opening task runs to the request, then aiohttp writes its body in a task of its
+    own (eagerly only from Python 3.12): two turns of the loop. Later, the set-up
+    overlaps the upstream's time to its first token (about 0.1 ms of TTFT here)."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
 
 
 async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:

@@ -104,8 +104,18 @@ class StreamSession:
 
     def start(self) -> asyncio.Task[None]:
         """Start the producer task."""
-        self._task = asyncio.create_task(self._produce())
-        return self._task
+        self._task = task = asyncio.create_task(self._produce())
+        task.add_done_callback(self._produced)
+        return task
+
+    def _produced(self, task: asyncio.Task[None]) -> None:
+        # Cancelled before its first step (the client left at once), the producer ran
+        # none of its own clean-up: an upstream started ahead of it stops here, and
+        # the reply ends (logged, settled) as its cancellation would have ended it.
+        if self.record.opening is not None:
+            self.record.drop_opening()
+        if self.record.ended_at is None and task.cancelled():
+            self.record.end(self._cancel_reason())
 
     def run(self) -> asyncio.Future[web.StreamResponse]:
         """Produce, serving the primary: the handler returns what this resolves to,

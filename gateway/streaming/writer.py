@@ -25,6 +25,19 @@ SSE_HEADERS: dict[str, str] = {
 }
 
 
+class _EventResponse(web.StreamResponse):
+    """A streamed response whose status line and headers leave with its first event.
+
+    ``StreamResponse.prepare()`` sends the headers at once, in a write of their own
+    (``web.Response`` waits for its body: aiohttp's ``_send_headers_immediately``);
+    the relay prepares right before the first event, so the two writes were one
+    system call apart on the time to first token (tests/test_third_party_internals.py
+    checks the attribute still decides it).
+    """
+
+    _send_headers_immediately = False
+
+
 class ClientGone(Exception):
     """The client closed the connection."""
 
@@ -36,9 +49,9 @@ class SendTimeout(Exception):
 class EventStream:
     """Writes framed SSE bytes to one ``web.StreamResponse``.
 
-    aiohttp sends the status line, the headers and the first event; later events go
-    to the transport directly, framed as HTTP/1.1 chunks here (raw for HTTP/1.0,
-    which has no chunking). That skips three coroutine layers of aiohttp's writer per
+    aiohttp sends the status line, the headers and the first event, in one write;
+    later events go to the transport directly, framed as HTTP/1.1 chunks here (raw
+    for HTTP/1.0, which has no chunking). That skips three coroutine layers of aiohttp's writer per
     token, about a quarter of the gateway's CPU per relayed token. The body's end is
     aiohttp's again (``write_eof``).
 
@@ -66,7 +79,7 @@ class EventStream:
         self, request: web.Request, *, headers: dict[str, str], send_timeout: float
     ) -> None:
         self._request = request
-        self._response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        self._response = _EventResponse(status=200, headers={**SSE_HEADERS, **headers})
         self._send_timeout = send_timeout
         self._loop = asyncio.get_running_loop()
         self._transport = request.transport

@@ -100,3 +100,42 @@ async def test_an_open_stream_keeps_no_copy_of_its_headers(aiohttp_client: Aioht
         assert response.headers["X-Accel-Buffering"] == "no"
         assert await response.read() == b"data: x\n\n"
     assert held == [0]
+
+
+async def test_status_line_headers_and_first_event_leave_in_one_write(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """Regression (time to first token): ``prepare()`` sent the headers in a write of
+    their own, one system call before the first event."""
+    writes: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        write, writelines = transport.write, transport.writelines
+
+        def spy_write(data: Any) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        def spy_writelines(lines: Any) -> None:
+            writes.append(b"".join(lines))
+            writelines(lines)
+
+        transport.write, transport.writelines = spy_write, spy_writelines  # type: ignore[method-assign]
+        stream = EventStream(request, headers={REQUEST_ID: "abc"}, send_timeout=5)
+        await stream.open()
+        await stream.send(b"data: first\n\n")
+        await stream.send(b"data: second\n\n")
+        await stream.close()
+        return stream.response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/") as response:
+        assert response.headers["X-Request-ID"] == "abc"
+        assert await response.read() == b"data: first\n\ndata: second\n\n"
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert writes[0].endswith(b"\r\n\r\nd\r\ndata: first\n\n\r\n")
+    assert b"data: second" in writes[1]
