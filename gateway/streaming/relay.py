@@ -104,18 +104,8 @@ class StreamSession:
 
     def start(self) -> asyncio.Task[None]:
         """Start the producer task."""
-        self._task = task = asyncio.create_task(self._produce())
-        task.add_done_callback(self._produced)
-        return task
-
-    def _produced(self, task: asyncio.Task[None]) -> None:
-        # Cancelled before its first step (the client left at once), the producer ran
-        # none of its own clean-up: an upstream started ahead of it stops here, and
-        # the reply ends (logged, settled) as its cancellation would have ended it.
-        if self.record.opening is not None:
-            self.record.drop_opening()
-        if self.record.ended_at is None and task.cancelled():
-            self.record.end(self._cancel_reason())
+        self._task = asyncio.create_task(self._produce())
+        return self._task
 
     def run(self) -> asyncio.Future[web.StreamResponse]:
         """Produce, serving the primary: the handler returns what this resolves to,
@@ -202,6 +192,12 @@ class StreamSession:
         if self._cut is None and self._task is not None and not self._task.done():
             self._cut = reason
             self._task.cancel()
+            if self.record.opening is not None:
+                # Not started (its first step claims the upstream started ahead), so
+                # none of it runs: that upstream stops here, and the reply ends (logged,
+                # settled) as the producer would have ended it.
+                self.record.drop_opening()
+                self.record.end(_cut_reason(reason))
 
     def _cancel_reason(self) -> str:
         transport = self._http_request.transport if self._http_request else None
@@ -386,6 +382,14 @@ class StreamSession:
                 self._lost(exc)
                 return
             await primary.close()
+
+
+def _cut_reason(reason: Exception) -> str:
+    if isinstance(reason, ClientGone):
+        return "client_gone"
+    if isinstance(reason, SendTimeout):
+        return "send_timeout"
+    return end_reason(reason)
 
 
 async def _refusal_first(admission: asyncio.Future[dict[str, str]]) -> None:
