@@ -23,14 +23,14 @@ from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.dialects.base import Dialect
 from gateway.dialects.chat_completions import CHAT_COMPLETIONS
 from gateway.dialects.responses import RESPONSES
-from gateway.errors import BadRequest, Overloaded, ShuttingDown
+from gateway.errors import BadRequest, GatewayError, Overloaded, ShuttingDown
 from gateway.http.body import read_body
 from gateway.http.middleware import DIALECT_KEY, REQUEST_ID, REQUEST_ID_KEY, json_response
 from gateway.http.offload import parse_body
 from gateway.observability.replies import reply_observer
 from gateway.state import STATE
 from gateway.streaming.collector import collect
-from gateway.streaming.record import ReplyRecord
+from gateway.streaming.record import ReplyRecord, end_reason
 from gateway.streaming.relay import StreamSession
 from gateway.streaming.replylog import ReplyLog, ReplyMeta, UnloggedReply, new_reply_id, new_token
 
@@ -109,7 +109,15 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             record.start_opening()
         try:
             if inbound.stream:
-                await _request_out()
+                # Two turns of the loop: the opening task runs to its request, then
+                # aiohttp writes it (a task of its own, eager only from Python 3.12).
+                # Admission starts in between: after the upstream request, and with it
+                # its own round trip (Redis); then the rest overlaps both.
+                await asyncio.sleep(0)
+                if ahead:
+                    assert identity is not None
+                    record.admission = _admit_ahead(state.gate, identity, record, cap)
+                await asyncio.sleep(0)
             # Streamed and background replies go into a reply log: resumable, cancellable.
             meta = ReplyMeta(
                 reply_id=record.reply_id,
@@ -126,9 +134,6 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 headers[RESUME_TOKEN] = meta.token
             else:
                 reply_log = UnloggedReply(meta)  # no ids, nothing kept: not resumable
-            if ahead:
-                assert identity is not None
-                record.admission = _admit_ahead(state.gate, identity, record, cap)
             session = StreamSession(
                 request if inbound.stream else None,
                 record,
@@ -144,8 +149,16 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 detach_grace=settings.detach_grace_seconds,
                 ids=settings.resumable,
             )
-        except BaseException:
-            record.drop_opening()  # never claimed: nothing streams it
+        except BaseException as exc:
+            # Nothing will stream it: the upstream started ahead stops, and the reply
+            # ends here (logged, its admission settled, its metrics balanced).
+            record.drop_opening()
+            if isinstance(exc, GatewayError):
+                record.end(end_reason(exc), exc)
+            else:
+                record.end(
+                    "client_gone" if isinstance(exc, asyncio.CancelledError) else "internal_error"
+                )
             raise
         if inbound.stream:
             # The parsed request (~2 KB), the body and the headers (the response has them)
@@ -155,15 +168,6 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             return await session.run()
         session.start()
         return json_response(parsed.pending(record.reply_id, record.created), headers=headers)
-
-
-async def _request_out() -> None:
-    """Let the upstream request just started go out before the handler goes on: the
-    opening task runs to the request, then aiohttp writes its body in a task of its
-    own (eagerly only from Python 3.12): two turns of the loop. Later, the set-up
-    overlaps the upstream's time to its first token (about 0.1 ms of TTFT here)."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
 
 
 async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:
