@@ -15,9 +15,9 @@ from gateway.admission.keys import KeyRing
 from gateway.admission.memory_store import MemoryStore
 from gateway.admission.store import StateStore
 from gateway.http import admin, health, models, replies, resume, resume_responses
-from gateway.http.access_log import access_log_middleware
+from gateway.http.access_log import gateway_middleware
 from gateway.http.expect import expect_within_limit
-from gateway.http.middleware import RequestCounter, error_middleware
+from gateway.http.middleware import RequestCounter
 from gateway.http.origin import setup_origin_policy
 from gateway.http.static import setup_ui
 from gateway.observability.dashboard import Dashboard, setup_dashboard
@@ -92,7 +92,6 @@ def create_app(
     if overrides is None:
         overrides = {"config": settings.config} if settings.config else {}
     app = web.Application(
-        middlewares=[error_middleware],
         # Enforced by ``gateway.http.body.read_body`` too, with a clearer message.
         client_max_size=settings.max_body_bytes,
     )
@@ -132,5 +131,5 @@ def create_app(
     setup_origin_policy(app, settings)
     # Without metrics nothing counts requests: no cost per request.
     counter = RequestCounter() if settings.metrics else None
-    app.middlewares.insert(0, access_log_middleware(counter=counter))
+    app.middlewares.append(gateway_middleware(counter=counter))
     return app

@@ -7,10 +7,14 @@ preset of ``bench_variants``, or the bare relay) with tracemalloc armed by a sig
 warms it, starts tracing, holds ``--streams`` slow streams open until each has a token,
 and compares the two snapshots: Python memory per open stream, by the line that
 allocated it (``--by lineno``) or by the deepest tokenpipe frame above it (``--by
-owner``, the default: which of our calls the memory belongs to).
+owner``, the default: which of our calls the memory belongs to). ``--by heap`` traces
+nothing and splits the RSS instead: glibc's heap (in use, and freed but kept) and
+pymalloc's arenas (blocks in use, and free blocks kept in arenas that still hold
+live ones): what fragmentation adds to the live objects.
 
     .venv/bin/python scripts/memory_profile.py --variant keys
     .venv/bin/python scripts/memory_profile.py --variant bare --by lineno --top 30
+    .venv/bin/python scripts/memory_profile.py --variant keys --by heap
 
 tracemalloc slows the server several times, so the streams take a while to open; the
 figures are allocations still alive, after a ``gc.collect()``, not RSS (which adds
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import ctypes
 import os
 import runpy
 import signal
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
@@ -44,9 +50,58 @@ import bench_variants
 OURS = (str(bench.ROOT / "gateway"), str(bench.ROOT / "providers"))
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def heap_figures() -> dict[str, int]:
+    """RSS and where it is: glibc's heap (mallinfo2) and pymalloc's arenas."""
+    figures = {
+        "rss": int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE")
+    }
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        figures |= {
+            "glibc heap": info.arena + info.hblkhd,
+            "glibc in use": info.uordblks + info.hblkhd,
+            "glibc free": info.fordblks,
+        }
+    with tempfile.TemporaryFile() as stats:
+        saved = os.dup(2)
+        os.dup2(stats.fileno(), 2)  # sys._debugmallocstats writes to the C stderr
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        stats.seek(0)
+        lines = stats.read().decode(errors="replace").splitlines()
+    for line in lines:
+        name, _, value = line.rpartition("=")
+        name = name.strip().removeprefix("# ")
+        if name in (
+            "arenas allocated current",
+            "bytes in allocated blocks",
+            "bytes in available blocks",
+        ):
+            figures[f"pymalloc {name}"] = int(value.strip().replace(",", ""))
+    figures["pymalloc arenas"] = figures.pop("pymalloc arenas allocated current", 0) << 20
+    return figures
+
+
 def serve_traced(snapshot_prefix: str, argv: list[str]) -> None:
-    """In the server's process: SIGUSR1 starts tracing and writes a snapshot; then serve."""
+    """In the server's process: SIGUSR1 starts tracing and writes a snapshot (or, with
+    ``TOKENPIPE_PROFILE_HEAP`` set, the heap figures, untraced); then serve."""
     taken = 0
+    heap = bool(os.environ.get("TOKENPIPE_PROFILE_HEAP"))
 
     def snapshot(*_: Any) -> None:
         nonlocal taken
@@ -54,6 +109,9 @@ def serve_traced(snapshot_prefix: str, argv: list[str]) -> None:
 
         gc.collect()
         taken += 1
+        if heap:
+            Path(f"{snapshot_prefix}.{taken}").write_bytes(orjson.dumps(heap_figures()))
+            return
         if taken == 1:
             tracemalloc.start(30)
         tracemalloc.take_snapshot().dump(f"{snapshot_prefix}.{taken}")
@@ -102,7 +160,19 @@ def listening(port: int) -> bool:
         return False
 
 
+def report_heap(prefix: str, streams: int) -> None:
+    before = orjson.loads(Path(f"{prefix}.1").read_bytes())
+    after = orjson.loads(Path(f"{prefix}.2").read_bytes())
+    print(f"{'':34} {'before':>12} {'held':>12}  KB per stream ({streams} open)")
+    for name, value in after.items():
+        was = before.get(name, 0)
+        print(f"{name:34} {was:>12,} {value:>12,}  {(value - was) / 1024 / streams:8.2f}")
+
+
 def report(prefix: str, streams: int, by: str, top: int) -> None:
+    if by == "heap":
+        report_heap(prefix, streams)
+        return
     before = tracemalloc.Snapshot.load(f"{prefix}.1")
     after = tracemalloc.Snapshot.load(f"{prefix}.2")
     diff = after.compare_to(before, "traceback")
@@ -130,7 +200,7 @@ def main() -> None:
     parser.add_argument("--variant", default="keys", help="a bench_variants preset, or bare")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--settle", type=float, default=2.0)
-    parser.add_argument("--by", choices=("owner", "lineno"), default="owner")
+    parser.add_argument("--by", choices=("owner", "lineno", "heap"), default="owner")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--serve", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,6 +209,8 @@ def main() -> None:
         return
     extra = bench_variants.PRESETS[args.variant]
     env = {**os.environ, "TOKENPIPE_LOG_LEVEL": "warning"}
+    if args.by == "heap":
+        env["TOKENPIPE_PROFILE_HEAP"] = "1"
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         if extra is not None and "{redis}" in extra:

@@ -1,4 +1,6 @@
-"""Middlewares: request ids and log context, and errors as OpenAI error bodies."""
+"""What the gateway's middleware (:mod:`gateway.http.access_log`) does around every
+handler: request ids and log context, the Host/CORS policy, and errors as OpenAI
+error bodies."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import re
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from multidict import istr
 
 from gateway.dialects.base import Dialect
@@ -75,31 +76,36 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
     return error
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind the request id, apply the Host/CORS policy (``gateway.http.origin``); turn
-    every error into an OpenAI error body, never a traceback."""
+def begin(request: web.Request) -> web.StreamResponse | None:
+    """Bind the request id (and a fresh log context), apply the Host/CORS policy
+    (``gateway.http.origin``): its refusal or preflight answer, else None."""
     request_id = request_id_of(request)
     request[REQUEST_ID_KEY] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    try:
-        policy = request.app.get(ORIGIN_POLICY)
-        early = screen(policy, request) if policy is not None else None
-        response = early if early is not None else await handler(request)
-    except GatewayError as exc:
+    policy = request.app.get(ORIGIN_POLICY)
+    return screen(policy, request) if policy is not None else None
+
+
+def error_response(request: web.Request, exc: Exception) -> web.Response:
+    """Every error as an OpenAI error body, never a traceback (call it while handling
+    ``exc``); a redirect is re-raised."""
+    request_id = request[REQUEST_ID_KEY]
+    if isinstance(exc, GatewayError):
         return json_error(exc, request_id, request.get(DIALECT_KEY, CHAT_COMPLETIONS))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return json_error(_from_http_exception(exc), request_id)
-    except Exception:
-        log.exception("request_failed", path=request.path)
-        error = GatewayError("The gateway failed to handle the request.")
-        return json_error(error, request_id, request.get(DIALECT_KEY, CHAT_COMPLETIONS))
+    log.exception("request_failed", path=request.path)
+    error = GatewayError("The gateway failed to handle the request.")
+    return json_error(error, request_id, request.get(DIALECT_KEY, CHAT_COMPLETIONS))
+
+
+def with_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-Request-ID`` on a response not yet sent (a stream has it already)."""
     if not response.prepared:
-        response.headers[REQUEST_ID] = request_id
-    return response
+        response.headers[REQUEST_ID] = request[REQUEST_ID_KEY]
 
 
 class RequestCounter:

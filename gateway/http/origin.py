@@ -1,4 +1,4 @@
-"""Browser safety: the Host allow-list and CORS (applied by the error middleware).
+"""Browser safety: the Host allow-list and CORS (applied by the gateway middleware).
 
 Two attacks from an ordinary web page, and one legitimate need:
 
@@ -99,13 +99,13 @@ def _same_origin(request: web.Request, origin: str) -> bool:
     return origin.lower() == f"{request.scheme}://{request.host}".lower()
 
 
-#: The policy, for the error middleware (``gateway.http.middleware``) to apply.
+#: The policy, for the gateway middleware (``gateway.http.middleware.begin``) to apply.
 ORIGIN_POLICY = web.AppKey("origin_policy", OriginPolicy)
 
 
 def screen(policy: OriginPolicy, request: web.Request) -> web.StreamResponse | None:
     """Apply ``policy`` before the handler: a CORS preflight's answer, ``None`` to go
-    on, or :class:`Forbidden`. A function the error middleware calls, not a middleware
+    on, or :class:`Forbidden`. A function the gateway middleware calls, not a middleware
     of its own: one coroutine frame less for every open stream to hold."""
     if not policy.host_allowed(request.headers.get("Host")):
         raise Forbidden(
@@ -144,7 +144,7 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 
 
 def setup_origin_policy(app: web.Application, settings: Settings) -> None:
-    """Set the Host/CORS policy (the error middleware applies it, so a refusal is an
+    """Set the Host/CORS policy (the gateway middleware applies it, so a refusal is an
     OpenAI error body) and install its response hook."""
     app[ORIGIN_POLICY] = OriginPolicy.from_settings(settings)
     app.on_response_prepare.append(add_cors_headers)

@@ -117,7 +117,7 @@ class EventStream:
         headers = self._response.headers
         self._chunked = headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
         # Serialized and on their way: nothing reads a streamed response's headers
-        # again (the access log and error middleware check ``prepared``), so an open
+        # again (the gateway middleware checks ``prepared``), so an open
         # stream does not hold them (about 1 KB with the rate-limit headers).
         headers.clear()
         self.last_write = self._loop.time()
