@@ -51,9 +51,9 @@ class EventStream:
 
     aiohttp sends the status line, the headers and the first event, in one write;
     later events go to the transport directly, framed as HTTP/1.1 chunks here (raw
-    for HTTP/1.0, which has no chunking). That skips three coroutine layers of aiohttp's writer per
-    token, about a quarter of the gateway's CPU per relayed token. The body's end is
-    aiohttp's again (``write_eof``).
+    for HTTP/1.0, which has no chunking). That skips three coroutine layers of
+    aiohttp's writer per token, about a quarter of the gateway's CPU per relayed
+    token. The body's end is aiohttp's again (``write_eof``).
 
     When bytes are queued in the transport (a slow reader), a write waits for it to
     drain below its high-water mark, at most ``send_timeout`` seconds: that bounds
@@ -117,8 +117,8 @@ class EventStream:
         headers = self._response.headers
         self._chunked = headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
         # Serialized and on their way: nothing reads a streamed response's headers
-        # again (the gateway middleware checks ``prepared``), so an open
-        # stream does not hold them (about 1 KB with the rate-limit headers).
+        # again (the gateway middleware checks ``prepared``), so an open stream does
+        # not hold them (about 1 KB with the rate-limit headers).
         headers.clear()
         self.last_write = self._loop.time()
 
