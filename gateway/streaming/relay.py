@@ -77,7 +77,9 @@ class StreamSession:
         #: The creating response, while attached.
         self.primary: EventStream | None = None
         if http_request is not None:
-            self.primary = EventStream(http_request, headers=headers, send_timeout=send_timeout)
+            self.primary = EventStream(
+                http_request, headers=headers, send_timeout=send_timeout, hold_headers=True
+            )
         self._http_request = http_request
         self._track = track
         self._background = background

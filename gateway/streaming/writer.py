@@ -32,7 +32,8 @@ class _EventResponse(web.StreamResponse):
     (``web.Response`` waits for its body: aiohttp's ``_send_headers_immediately``);
     the relay prepares right before the first event, so the two writes were one
     system call apart on the time to first token (tests/test_third_party_internals.py
-    checks the attribute still decides it).
+    checks the attribute still decides it). Only for a caller whose first event
+    follows ``open()`` at once: until then the client has no status at all.
     """
 
     _send_headers_immediately = False
@@ -49,11 +50,12 @@ class SendTimeout(Exception):
 class EventStream:
     """Writes framed SSE bytes to one ``web.StreamResponse``.
 
-    aiohttp sends the status line, the headers and the first event, in one write;
-    later events go to the transport directly, framed as HTTP/1.1 chunks here (raw
-    for HTTP/1.0, which has no chunking). That skips three coroutine layers of
-    aiohttp's writer per token, about a quarter of the gateway's CPU per relayed
-    token. The body's end is aiohttp's again (``write_eof``).
+    aiohttp sends the status line and the headers (with the first event, in one
+    write, when ``hold_headers``); later events go to the transport directly, framed
+    as HTTP/1.1 chunks here (raw for HTTP/1.0, which has no chunking). That skips
+    three coroutine layers of aiohttp's writer per token, about a quarter of the
+    gateway's CPU per relayed token. The body's end is aiohttp's again
+    (``write_eof``).
 
     When bytes are queued in the transport (a slow reader), a write waits for it to
     drain below its high-water mark, at most ``send_timeout`` seconds: that bounds
@@ -76,10 +78,19 @@ class EventStream:
     )
 
     def __init__(
-        self, request: web.Request, *, headers: dict[str, str], send_timeout: float
+        self,
+        request: web.Request,
+        *,
+        headers: dict[str, str],
+        send_timeout: float,
+        hold_headers: bool = False,
     ) -> None:
         self._request = request
-        self._response = _EventResponse(status=200, headers={**SSE_HEADERS, **headers})
+        # ``hold_headers``: the caller opens right before its first event (the relay),
+        # so both leave in one write; else (a resumed reader or the dashboard, which
+        # may wait a while for their first event) the headers go at ``open()``.
+        kind = _EventResponse if hold_headers else web.StreamResponse
+        self._response = kind(status=200, headers={**SSE_HEADERS, **headers})
         self._send_timeout = send_timeout
         self._loop = asyncio.get_running_loop()
         self._transport = request.transport

@@ -123,7 +123,9 @@ async def test_status_line_headers_and_first_event_leave_in_one_write(
             writelines(lines)
 
         transport.write, transport.writelines = spy_write, spy_writelines  # type: ignore[method-assign]
-        stream = EventStream(request, headers={REQUEST_ID: "abc"}, send_timeout=5)
+        stream = EventStream(
+            request, headers={REQUEST_ID: "abc"}, send_timeout=5, hold_headers=True
+        )
         await stream.open()
         await stream.send(b"data: first\n\n")
         await stream.send(b"data: second\n\n")
@@ -139,3 +141,33 @@ async def test_status_line_headers_and_first_event_leave_in_one_write(
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert writes[0].endswith(b"\r\n\r\nd\r\ndata: first\n\n\r\n")
     assert b"data: second" in writes[1]
+
+
+async def test_a_stream_not_holding_its_headers_sends_them_at_open(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """Regression (a resumed reader waiting for the live reply got no status until
+    its first event): only the relay, whose first event follows at once, holds them."""
+    opened = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        stream = EventStream(request, headers={REQUEST_ID: "abc"}, send_timeout=5)
+        await stream.open()
+        opened.set()
+        await release.wait()
+        await stream.send(b"data: late\n\n")
+        await stream.close()
+        return stream.response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    request = asyncio.ensure_future(client.get("/"))
+    await opened.wait()
+    response = await asyncio.wait_for(request, 5)  # the status, before any event
+    assert response.status == 200
+    assert response.headers["X-Request-ID"] == "abc"
+    release.set()
+    assert await response.read() == b"data: late\n\n"
+    response.release()
