@@ -87,13 +87,15 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             operation=dialect.operation,
         )
         headers: dict[str, str] = {REQUEST_ID: request_id}
-        ahead = False
+        #: The identity to admit while the upstream starts, when it may be.
+        ahead: Identity | None = None
         cap = routes[0].config.max_tokens_cap
         if identity is not None:
             record.key = identity.name
             structlog.contextvars.bind_contextvars(key=identity.name)
-            ahead = inbound.stream and state.gate.admits_ahead(identity)
-            if not ahead:
+            if inbound.stream and state.gate.admits_ahead(identity):
+                ahead = identity
+            else:
                 ticket = await _admit(state.gate, identity, record, cap)
                 headers.update(ticket.take_headers())
         if settings.metrics:
@@ -114,9 +116,8 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 # Admission starts in between: after the upstream request, and with it
                 # its own round trip (Redis); then the rest overlaps both.
                 await asyncio.sleep(0)
-                if ahead:
-                    assert identity is not None
-                    record.admission = _admit_ahead(state.gate, identity, record, cap)
+                if ahead is not None:
+                    record.admission = _admit_ahead(state.gate, ahead, record, cap)
                 await asyncio.sleep(0)
             # Streamed and background replies go into a reply log: resumable, cancellable.
             meta = ReplyMeta(
@@ -149,16 +150,12 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 detach_grace=settings.detach_grace_seconds,
                 ids=settings.resumable,
             )
-        except BaseException as exc:
-            # Nothing will stream it: the upstream started ahead stops, and the reply
-            # ends here (logged, its admission settled, its metrics balanced).
-            record.drop_opening()
+        except BaseException as exc:  # nothing will stream it
             if isinstance(exc, GatewayError):
-                record.end(end_reason(exc), exc)
+                record.abandon(end_reason(exc), exc)
             else:
-                record.end(
-                    "client_gone" if isinstance(exc, asyncio.CancelledError) else "internal_error"
-                )
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                record.abandon("client_gone" if cancelled else "internal_error")
             raise
         if inbound.stream:
             # The parsed request (~2 KB), the body and the headers (the response has them)

@@ -81,8 +81,8 @@ class ReplyRecord:
     max_tokens_limit: int | None = None
     #: Charges delivered tokens during a stream (admission's ticket), when limited.
     meter: Meter | None = None
-    #: An admission still in flight while the upstream starts (a remote state
-    #: store): resolves to its response headers, or raises its refusal. The relay
+    #: An admission still in flight while the upstream starts (``Gate.admits_ahead``):
+    #: resolves to its response headers, or raises its refusal. The relay
     #: awaits it before the first byte goes out.
     admission: asyncio.Future[dict[str, str]] | None = None
     #: The upstream started ahead of the producer (:meth:`start_opening`), until
@@ -148,6 +148,12 @@ class ReplyRecord:
         opening, self.opening = self.opening, None
         if opening is not None and not opening.cancel():
             opening.add_done_callback(_close_opened)
+
+    def abandon(self, reason: str, error: GatewayError | None = None) -> None:
+        """Give the reply up before any producer ran it: the upstream started ahead
+        stops, and the reply ends here (logged, settled, its metrics balanced)."""
+        self.drop_opening()
+        self.end(reason, error)
 
     async def _open_stream(self) -> Opened:
         return await open_stream(self.routes, self.build_request, self.on_attempt)

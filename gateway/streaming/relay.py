@@ -196,10 +196,8 @@ class StreamSession:
             self._task.cancel()
             if self.record.opening is not None:
                 # Not started (its first step claims the upstream started ahead), so
-                # none of it runs: that upstream stops here, and the reply ends (logged,
-                # settled) as the producer would have ended it.
-                self.record.drop_opening()
-                self.record.end(_cut_reason(reason))
+                # none of it runs: the reply ends here, as the producer would have.
+                self.record.abandon(_cut_reason(reason))
 
     def _cancel_reason(self) -> str:
         transport = self._http_request.transport if self._http_request else None

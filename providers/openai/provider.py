@@ -301,8 +301,7 @@ class _Chunks:
             except msgspec.ValidationError:
                 if not _is_object(data):
                     continue  # not a chunk at all: ignored, as before typed decoding
-                # A hostile or broken upstream: its reply fails, not the gateway.
-                return events, ProviderUnavailable("upstream sent a malformed chunk")
+                return events, _malformed()
             except msgspec.DecodeError:
                 return events, ProviderUnavailable("upstream sent an invalid JSON chunk")
             choices = chunk.choices
@@ -319,13 +318,18 @@ class _Chunks:
                         try:
                             events.extend(_tool_call_delta(call) for call in delta.tool_calls)
                         except ValueError:
-                            return events, ProviderUnavailable("upstream sent a malformed chunk")
+                            return events, _malformed()
                 if choice.finish_reason and not self.finished:
                     self.finished = True
                     events.append(Finish(_FINISH_REASONS.get(choice.finish_reason, "stop")))
             if chunk.usage:
                 self.usage = chunk.usage
         return events, None
+
+
+def _malformed() -> ProviderUnavailable:
+    # A hostile or broken upstream: its reply fails, not the gateway.
+    return ProviderUnavailable("upstream sent a malformed chunk")
 
 
 def _is_object(data: bytes) -> bool:
@@ -397,8 +401,6 @@ class _TranslateErrors(TranslateErrors):
             raise ProviderUnavailable(f"upstream connection failed: {type(exc).__name__}") from exc
         if isinstance(exc, anyio.EndOfStream):
             raise ProviderUnavailable("upstream connection closed") from exc
-        if isinstance(exc, orjson.JSONDecodeError):
-            raise ProviderUnavailable("upstream sent an invalid JSON chunk") from exc
         if isinstance(exc, openai.APIError):
             raise ProviderUnavailable(self.redacted(f"upstream error: {exc.message}")) from None
 

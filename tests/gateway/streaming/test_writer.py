@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpClient
+from aiohttp.test_utils import TestClient
+from aiohttp.typedefs import Handler
 
 from gateway.http.middleware import REQUEST_ID
 from gateway.streaming.writer import EventStream
@@ -42,6 +44,13 @@ async def raw_exchange(
             chunks.append((time.monotonic() - started, data))
     writer.close()
     return head, chunks
+
+
+async def serve(aiohttp_client: AiohttpClient, handler: Handler) -> TestClient[Any, Any]:
+    """A client of an app serving ``handler`` at ``/``."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    return await aiohttp_client(app)
 
 
 async def test_burst_of_events_leaves_in_few_chunks(gateway_url: str) -> None:
@@ -90,9 +99,7 @@ async def test_an_open_stream_keeps_no_copy_of_its_headers(aiohttp_client: Aioht
         await stream.close()
         return stream.response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    client = await aiohttp_client(app)
+    client = await serve(aiohttp_client, handler)
     async with client.get("/") as response:
         assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
         assert response.headers["X-Request-ID"] == "abc"
@@ -132,9 +139,7 @@ async def test_status_line_headers_and_first_event_leave_in_one_write(
         await stream.close()
         return stream.response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    client = await aiohttp_client(app)
+    client = await serve(aiohttp_client, handler)
     async with client.get("/") as response:
         assert response.headers["X-Request-ID"] == "abc"
         assert await response.read() == b"data: first\n\ndata: second\n\n"
@@ -160,9 +165,7 @@ async def test_a_stream_not_holding_its_headers_sends_them_at_open(
         await stream.close()
         return stream.response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    client = await aiohttp_client(app)
+    client = await serve(aiohttp_client, handler)
     request = asyncio.ensure_future(client.get("/"))
     await opened.wait()
     response = await asyncio.wait_for(request, 5)  # the status, before any event
