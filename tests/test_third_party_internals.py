@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 from aiohttp import web
@@ -130,22 +129,11 @@ def test_sdk_makes_its_typed_status_errors(status: int, kind: type[Exception]) -
     """sdk_internals.status_error uses ``_make_status_error_from_response``."""
     client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-x")
     body = b'{"error": {"message": "nope", "type": "t"}}'
-    error = sdk_internals.status_error(client, "http://x/v1", status, {"Retry-After": "3"}, body)
+    error = sdk_internals.status_error(client, "http://x/v1", status, [("Retry-After", "3")], body)
     assert type(error) is kind
     assert error.status_code == status
     assert error.response.headers["Retry-After"] == "3"
     assert isinstance(error.body, dict)
-
-
-def test_sdk_exceptions_keep_their_aiohttp_cause() -> None:
-    """sdk_internals.aiohttp_cause walks ``__cause__``."""
-    import aiohttp
-
-    root = aiohttp.ClientConnectionError("refused")
-    wrapped = openai.APIConnectionError(request=httpx2.Request("POST", "http://x"))
-    wrapped.__cause__ = httpx2.ConnectTimeout("mapped")
-    wrapped.__cause__.__cause__ = root
-    assert sdk_internals.aiohttp_cause(wrapped) is root
 
 
 def test_request_handler_error_seams_exist() -> None:

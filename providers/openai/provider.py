@@ -3,12 +3,13 @@
 The ``openai`` SDK shapes the request and its errors: it builds the URL, the auth and
 its identifying headers once per upstream (``sdk_internals.request_template``), and every
 non-2xx answer becomes the SDK's own typed exception (``sdk_internals.status_error``),
-translated here by type. The streaming POST itself goes out on one ``aiohttp`` session
-per upstream: the SDK's per-request pipeline (options model, URL parsing, httpx request
-and response objects) was 1.8 of the 2.2 ms to a stream's first event, and its stream
-wrapper a few generator layers per chunk. Measured with
-``python -m tests.benchmarks.provider_ttft``: first event p50 2.2 ms through the SDK's
-``post()``, 0.42 ms now, 0.32 ms for aiohttp alone. The body is read as the transport
+translated here by type. The streaming POST itself goes out on the provider's own
+HTTP/1.1 client (:mod:`providers.support.http1`, one pool of keep-alive connections per
+upstream). The SDK's per-request pipeline (options model, URL parsing, httpx request
+and response objects) was 1.8 of the 2.2 ms to a stream's first event
+(``python -m tests.benchmarks.provider_ttft``); an aiohttp session under it, the
+transport used before, kept about 13 KB per open stream against about 4 KB
+(``python -m tests.benchmarks.client_memory``). The body is read as the transport
 delivers it and each ``data:`` line decoded with ``msgspec`` into the few typed
 fields the gateway reads (the rest of a chunk is skipped, never built).
 
@@ -18,6 +19,8 @@ Non-obvious choices:
   timeouts; the provider applies only the connect timeout.
 * A body read to its end returns the connection to the pool; one closed early (the
   client left) closes the connection, which is how the upstream learns to stop.
+* The tokenize endpoint (below) is asked on an aiohttp session: once per reply at
+  most, off the streaming path.
 * ``stream_options.include_usage`` is always asked for; the gateway drops usage the
   client did not ask for.
 * ``Usage`` is yielded once, after ``Finish``, when the stream ends, from the last
@@ -34,18 +37,14 @@ Non-obvious choices:
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any, Final
 
 import aiohttp
-import anyio
-import httpx2
 import msgspec
 import openai
 import orjson
-import yarl
 from multidict import CIMultiDict
 
 from config.models import UpstreamConfig
@@ -68,9 +67,18 @@ from providers.events import (
     ToolCallDelta,
     Usage,
 )
-from providers.openai.sdk_internals import aiohttp_cause, request_template, status_error
+from providers.openai.sdk_internals import request_template, status_error
 from providers.openai.tokenize import UpstreamTokenizer
 from providers.support.headers import request_headers
+from providers.support.http1 import (
+    ConnectFailed,
+    Connection,
+    ConnectionClosed,
+    ConnectTimeout,
+    HTTP1Client,
+    HTTP1Error,
+    InvalidResponse,
+)
 from providers.support.upstream_sse import SSEParser, retry_after_seconds
 
 _FINISH_REASONS: Final[Mapping[str, FinishReason]] = {
@@ -84,10 +92,10 @@ _NOT_FORWARDED: Final = frozenset(
     {"n", "stream", "stream_options", "model", "messages", "max_tokens", "seed"}
 )
 _RATE_LIMIT_TYPES: Final = frozenset({"rate_limit_exceeded", "rate_limit_error", "429"})
-#: Concurrent connections to one upstream (one per stream in flight).
-_MAX_CONNECTIONS: Final = 10_000
 #: How long to read past ``[DONE]`` for the body's end, so the connection is reused.
 _DRAIN_SECONDS: Final = 0.1
+#: How much of an error response's body is read (for its message).
+_ERROR_BODY_LIMIT: Final = 1 << 20
 
 
 class OpenAIProvider:
@@ -104,31 +112,28 @@ class OpenAIProvider:
             default_headers=dict(upstream.headers) or None,
         )
         self._connect_timeout = upstream.connect_timeout
+        self._url, self._fields = request_template(self._client, "/chat/completions")
+        # Every stream is sent on this one; the gateway owns first-token and idle
+        # timeouts, so only connecting is timed here.
+        self._http = HTTP1Client(self._url, self._fields, connect_timeout=upstream.connect_timeout)
         self._session: aiohttp.ClientSession | None = None
-        self._template: tuple[yarl.URL, CIMultiDict[str]] | None = None
         self._tokenizer = UpstreamTokenizer(upstream.tokenize) if upstream.tokenize else None
 
-    def _open(self) -> tuple[aiohttp.ClientSession, yarl.URL, CIMultiDict[str]]:
-        """The session streams are sent on, and the SDK's URL and headers (built once)."""
+    def _tokenize_session(self) -> tuple[aiohttp.ClientSession, CIMultiDict[str]]:
+        """The session the tokenize endpoint is asked on (off the streaming path)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, limit_per_host=0),
                 # An upstream's cookies are not the next caller's: keep none, send none.
                 cookie_jar=aiohttp.DummyCookieJar(),
-                # The gateway owns first-token and idle timeouts; only connecting is ours.
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=None, sock_connect=self._connect_timeout, sock_read=None
                 ),
             )
-        if self._template is None:
-            text, fields = request_template(self._client, "/chat/completions")
-            # Parsed once, not on every request.
-            self._template = (yarl.URL(text), request_headers(fields))
-        url, headers = self._template
-        return self._session, url, headers
+        return self._session, request_headers(self._fields)
 
     async def aclose(self) -> None:
-        """Close the streaming session and the SDK's client."""
+        """Close the streaming connections, the tokenize session and the SDK's client."""
+        await self._http.aclose()
         if self._session is not None:
             await self._session.close()
         await self._client.close()
@@ -158,7 +163,7 @@ class OpenAIProvider:
                     reported = True
                 yield event
         if finished and not reported:
-            session, _, headers = self._open()
+            session, headers = self._tokenize_session()
             pieces = ["".join(texts), *("".join(calls[i]) for i in sorted(calls))]
             count = await tokenizer.count(session, headers, request.model, pieces)
             if count is not None:
@@ -170,20 +175,15 @@ class OpenAIProvider:
         chunks = _Chunks()
         try:
             with _TranslateErrors(self._secret):
-                session, url, headers = self._open()
-                response = await session.post(
-                    url, data=orjson.dumps(_body_of(request)), headers=headers
-                )
+                response = await self._http.post(orjson.dumps(_body_of(request)))
                 try:
                     if response.status >= 300:
-                        body = await response.read()
+                        body = await response.read_body(_ERROR_BODY_LIMIT)
                         raise status_error(
-                            self._client, str(url), response.status, response.headers, body
+                            self._client, self._url, response.status, response.headers(), body
                         )
                     parser = SSEParser()
-                    # As the transport read them, straight from the reader: its async
-                    # iterator is one more coroutine to resume for every token.
-                    read = response.content.readany
+                    read = response.read
                     while chunk := await read():
                         events, error = chunks.events_of(parser.feed_data(chunk))
                         del chunk  # not held while the next read waits (see _Chunks)
@@ -202,13 +202,10 @@ class OpenAIProvider:
                             completion_tokens=_count(usage.get("completion_tokens")),
                         )
                     if chunks.done:
-                        await _drain(response.content)
+                        await _drain(response)
                 finally:
                     # Read to its end: the connection goes back to the pool; else closed.
-                    if response.content.at_eof():
-                        response.release()
-                    else:
-                        response.close()
+                    response.release()
         except ProviderUnavailable:
             if not chunks.finished:
                 raise
@@ -366,14 +363,14 @@ def _in_band_error(error: Any) -> ProviderError:
     return ProviderUnavailable(message)
 
 
-async def _drain(content: aiohttp.StreamReader) -> None:
+async def _drain(response: Connection) -> None:
     """Read the rest of the body briefly so the connection can be reused."""
     try:
         async with asyncio.timeout(_DRAIN_SECONDS):
-            while await content.readany():
+            while await response.read():
                 pass
-    except (TimeoutError, aiohttp.ClientError):
-        pass  # Best effort: closing the response instead costs only a reconnect.
+    except (TimeoutError, HTTP1Error):
+        pass  # Best effort: closing the connection instead costs only a reconnect.
 
 
 class _TranslateErrors(TranslateErrors):
@@ -384,25 +381,16 @@ class _TranslateErrors(TranslateErrors):
     def translate(self, exc: BaseException) -> None:
         if isinstance(exc, openai.APIStatusError):
             raise _status_error(exc, self.redacted(_upstream_message(exc))) from None
-        cause = aiohttp_cause(exc)
-        if cause is not None:
-            # Judged by aiohttp's own exception: the SDK's vendored transport maps every
-            # connection error (refused, reset) to httpx's ConnectTimeout.
-            if isinstance(cause, TimeoutError):
-                raise ProviderTimeout("upstream timed out") from exc
-            raise ProviderUnavailable(
-                f"upstream connection failed: {type(cause).__name__}"
-            ) from exc
-        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        if isinstance(exc, ConnectTimeout):
             raise ProviderTimeout("upstream timed out") from exc
-        if isinstance(exc, openai.APIConnectionError):
-            raise ProviderUnavailable("cannot connect to upstream") from exc
-        if isinstance(exc, httpx2.HTTPError | httpx2.StreamError | ssl.SSLError):
-            raise ProviderUnavailable(f"upstream connection failed: {type(exc).__name__}") from exc
-        if isinstance(exc, anyio.EndOfStream):
+        if isinstance(exc, ConnectFailed):
+            cause = exc.__cause__
+            reason = type(cause).__name__ if cause is not None else str(exc)
+            raise ProviderUnavailable(f"upstream connection failed: {reason}") from exc
+        if isinstance(exc, ConnectionClosed):
             raise ProviderUnavailable("upstream connection closed") from exc
-        if isinstance(exc, openai.APIError):
-            raise ProviderUnavailable(self.redacted(f"upstream error: {exc.message}")) from None
+        if isinstance(exc, InvalidResponse):
+            raise ProviderUnavailable(str(exc)) from exc
 
 
 def _upstream_message(exc: openai.APIStatusError) -> str:

@@ -7,28 +7,11 @@ what they rely on (the ``openai`` dependency has an upper bound for the same rea
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 
-import aiohttp
 import httpx2
 import openai
 from openai._models import FinalRequestOptions
-
-
-def aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
-    """The aiohttp exception at the root of ``exc``'s cause chain, if any.
-
-    The SDK's vendored transport maps every connection error (refused, reset) to
-    httpx's ``ConnectTimeout``; the cause it keeps says what really happened.
-    """
-    seen: BaseException | None = exc
-    for _ in range(8):  # the SDK and the transport wrap it twice at most
-        if seen is None:
-            return None
-        if isinstance(seen, aiohttp.ClientError):
-            return seen
-        seen = seen.__cause__
-    return None
 
 
 def request_template(client: openai.AsyncOpenAI, path: str) -> tuple[str, dict[str, str]]:
@@ -49,10 +32,14 @@ def request_template(client: openai.AsyncOpenAI, path: str) -> tuple[str, dict[s
 
 
 def status_error(
-    client: openai.AsyncOpenAI, url: str, status: int, headers: Mapping[str, str], body: bytes
+    client: openai.AsyncOpenAI,
+    url: str,
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
 ) -> openai.APIStatusError:
     """The SDK's typed exception for an error response, as its own client would raise."""
     response = httpx2.Response(
-        status, headers=list(headers.items()), content=body, request=httpx2.Request("POST", url)
+        status, headers=list(headers), content=body, request=httpx2.Request("POST", url)
     )
     return client._make_status_error_from_response(response)
