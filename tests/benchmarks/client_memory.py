@@ -133,7 +133,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{args.port}/v1/chat/completions"
         print(asyncio.run(_measure(args.client, url, args.streams)), flush=True)
         return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * args.streams + 1024), hard))
     from tests.support.ports import free_port
 
@@ -147,8 +147,15 @@ def main() -> None:
         for _ in range(args.runs):
             for kind, runs in figures.items():  # alternated, so drift hits both
                 out = subprocess.run(
-                    [*module, "--client", kind, "--port", str(port)]
-                    + ["--streams", str(args.streams)],
+                    [
+                        *module,
+                        "--client",
+                        kind,
+                        "--port",
+                        str(port),
+                        "--streams",
+                        str(args.streams),
+                    ],
                     capture_output=True,
                     text=True,
                     check=True,
