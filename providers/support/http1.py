@@ -40,7 +40,7 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, cast
 
 import httptools
 import yarl
@@ -362,8 +362,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport instances, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from providers.support import http1
 from providers.support.http1 import HTTP1Client
@@ -457,3 +458,30 @@ async def test_https_with_a_resolved_host_name(certificate: tuple[Path, Path]) -
             with pytest.raises(http1.ConnectFailed) as raised:
                 await client.post(b"{}")
             assert isinstance(raised.value.__cause__, ssl.SSLCertVerificationError)
+
+
+def test_the_client_works_on_uvloop() -> None:
+    """Regression: the gateway runs on uvloop, whose transports are not
+    ``asyncio.Transport`` instances; an ``isinstance`` check failed every stream."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunked(b"a", b"b"))
+
+    async def main() -> list[bytes]:
+        async with client_for(server) as client:
+            bodies = []
+            for _ in range(2):
+                connection = await client.post(b"{}")
+                bodies.append(await body_of(connection))
+                connection.release()
+            return bodies
+
+    async def served() -> list[bytes]:
+        async with server:
+            return await main()
+
+    server = RawServer(handler)
+    assert uvloop.run(served()) == [b"ab", b"ab"]
+    assert server.connections == 1
