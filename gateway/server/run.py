@@ -29,6 +29,7 @@ from gateway.app import create_app
 from gateway.observability.logging import configure_logging
 from gateway.reload import RELOADER
 from gateway.server.header_deadline import GuardedAppRunner
+from gateway.server.heap_trim import trim_heap_every
 from gateway.server.preflight import refusals
 from gateway.state import STATE
 
@@ -151,7 +152,11 @@ async def run_server(
         _freeze_startup_objects()
         await site.start()
         log.info("gateway_listening", host=settings.host, port=settings.port, pid=os.getpid())
-        signum = await stopped
+        trimming = asyncio.create_task(trim_heap_every(settings.heap_trim_seconds))
+        try:
+            signum = await stopped
+        finally:
+            trimming.cancel()
         log.info("shutdown_requested", signal=signal.Signals(signum).name)
         # A reload may have changed it.
         await drain(app, app[STATE].settings.drain_seconds)
