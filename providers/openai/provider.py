@@ -183,8 +183,15 @@ class OpenAIProvider:
                             self._client, self._url, response.status, response.headers(), body
                         )
                     parser = SSEParser()
-                    read = response.read
-                    while chunk := await read():
+                    take, arrival = response.take, response.arrival
+                    while True:
+                        chunk = take()
+                        if chunk is None:
+                            # The future itself: no frame between this one and the socket.
+                            await arrival()
+                            continue
+                        if not chunk:
+                            break
                         events, error = chunks.events_of(parser.feed_data(chunk))
                         del chunk  # not held while the next read waits (see _Chunks)
                         for event in events:

@@ -51,6 +51,8 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 HIGH_WATER: Final = 256 * 1024
 #: How long a resolved host name is trusted.
 DNS_TTL: Final = 10.0
+#: A 2xx response's headers: none kept (shared; nothing is added once a status is set).
+_NO_HEADERS: Final[list[tuple[bytes, bytes]]] = []
 #: Headers the client writes itself; a configured one of these is dropped.
 _OWN_HEADERS: Final = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
@@ -296,28 +298,47 @@ class Connection(asyncio.Protocol):
             while not self.status:
                 if self._error is not None:
                     raise self._error
-                await self._wait()
+                await self.arrival()
         except BaseException:
             self.close()
             raise
 
+    def take(self) -> bytes | None:
+        """The body bytes that came since the last take, ``b""`` at the body's end, or
+        None when nothing came yet (then await :meth:`arrival`); raises the error that
+        ended the response, once its bytes have all been taken."""
+        body = self._body
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            self._buffered = 0
+            if self._paused and self._transport is not None:
+                self._paused = False
+                self._transport.resume_reading()
+            return data
+        if self._error is not None:
+            raise self._error
+        if self._complete:
+            return b""
+        return None
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Resolved when :meth:`take` has something new to say.
+
+        A future, awaited by the reader itself: no coroutine of this class between a
+        waiting stream and its socket, to hold (about 0.4 KB per open stream) or to
+        resume for every token.
+        """
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
     async def read(self) -> bytes:
-        """The body bytes that came since the last read; ``b""`` at the body's end."""
-        while True:
-            body = self._body
-            if body:
-                data = body[0] if len(body) == 1 else b"".join(body)
-                body.clear()
-                self._buffered = 0
-                if self._paused and self._transport is not None:
-                    self._paused = False
-                    self._transport.resume_reading()
-                return data
-            if self._error is not None:
-                raise self._error
-            if self._complete:
-                return b""
-            await self._wait()
+        """:meth:`take`, waiting for it."""
+        while (data := self.take()) is None:
+            await self.arrival()
+        return data
 
     async def read_body(self, limit: int) -> bytes:
         """The rest of the body, up to ``limit`` bytes (the rest is not read)."""
@@ -341,17 +362,12 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def _wait(self) -> None:
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # not cancelled with its reader
+                waiter.set_result(None)
 
     def _fail(self, error: HTTP1Error) -> None:
         if self._error is None and not self._complete:
@@ -408,6 +424,8 @@ class Connection(asyncio.Protocol):
     # --- httptools callbacks ---
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            return  # a trailer, after a chunked body: not kept (nor bounded by the head's limit)
         lowered = name.lower()
         if lowered == b"content-length" or lowered == b"transfer-encoding":
             self._framed = True
@@ -423,7 +441,7 @@ class Connection(asyncio.Protocol):
         if status in (204, 304):
             self._framed = True
         if status < 300:
-            self._headers = []
+            self._headers = _NO_HEADERS
         self.status = status
         self._wake()
 

@@ -485,3 +485,21 @@ def test_the_client_works_on_uvloop() -> None:
     server = RawServer(handler)
     assert uvloop.run(served()) == [b"ab", b"ab"]
     assert server.connections == 1
+
+
+async def test_trailers_after_a_chunked_body_are_read_past_and_not_kept() -> None:
+    trailers = b"".join(b"X-Trailer-%d: %s\r\n" % (i, b"t" * 1000) for i in range(100))
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(
+            b"HTTP/1.1 500 Internal Server Error\r\nX-Head: h\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n4\r\nfail\r\n0\r\n" + trailers + b"\r\n"
+        )
+        await reader.read()
+
+    async with RawServer(handler) as server, client_for(server) as client:
+        connection = await client.post(b"{}")
+        assert await body_of(connection) == b"fail"
+        assert connection.headers() == [("X-Head", "h"), ("Transfer-Encoding", "chunked")]
+        connection.release()
