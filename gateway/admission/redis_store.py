@@ -55,6 +55,7 @@ from gateway.admission.store import (
     UsageRecord,
     empty_usage,
 )
+from gateway.redis_client import redis_client
 
 log = structlog.get_logger("tokenpipe.admission")
 
@@ -104,7 +105,7 @@ class RedisStore:
         self._renew_seconds = renew_seconds
         # The lease keys must outlive the longest lease plus the settle grace.
         self._keep = math.ceil(reservation_ttl + ENDED_GRACE_SECONDS)
-        self._redis: Redis = Redis.from_url(
+        self._redis: Redis = redis_client(
             url,
             decode_responses=True,
             socket_connect_timeout=connect_timeout,

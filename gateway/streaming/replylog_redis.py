@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import ReplyLogUnavailable, ReplyLost
+from gateway.redis_client import redis_client
 from gateway.streaming.replylog import Ended, LogEntry, ReplyMeta
 from gateway.streaming.replylog_memory import MemoryReplyLog, MemoryReplyLogStore
 from providers.events import Finish, TextDelta, ToolCallDelta
@@ -223,7 +224,7 @@ class RedisReplyLogStore:
     """Reply logs in Redis; see the module docstring."""
 
     def __init__(self, url: str, *, ttl: float, prefix: str = "tokenpipe") -> None:
-        self.redis: Redis = Redis.from_url(
+        self.redis: Redis = redis_client(
             url,
             socket_connect_timeout=1.0,
             # Above the longest XREAD BLOCK.
