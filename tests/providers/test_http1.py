@@ -503,3 +503,31 @@ async def test_trailers_after_a_chunked_body_are_read_past_and_not_kept() -> Non
         assert await body_of(connection) == b"fail"
         assert connection.headers() == [("X-Head", "h"), ("Transfer-Encoding", "chunked")]
         connection.release()
+
+
+async def test_an_ipv6_literal_upstream() -> None:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        await reader.readexactly(2)
+        writer.write(OK_HEAD + b"Content-Length: 2\r\n\r\nv6")
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(handle, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = server.sockets[0].getsockname()[1]
+    client = HTTP1Client(f"http://[::1]:{port}/v1/chat/completions", {}, connect_timeout=5)
+    try:
+        connection = await client.post(b"{}")
+        assert await body_of(connection) == b"v6"
+        connection.release()
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    assert seen[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: [::1]:%d\r\n" % port)
