@@ -175,11 +175,16 @@ class HTTP1Client:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 last: OSError | None = None
-                for family, kind, proto, address in await self._resolve(loop):
+                addresses = await self._resolve(loop)
+                for index, (family, kind, proto, address) in enumerate(addresses):
                     try:
-                        return await self._open_one(loop, family, kind, proto, address)
+                        connection = await self._open_one(loop, family, kind, proto, address)
                     except OSError as exc:
                         last = exc
+                        continue
+                    if index:  # tried first from now on (``localhost``: ::1 refused)
+                        addresses.insert(0, addresses.pop(index))
+                    return connection
                 raise last or OSError(f"no address for {self._host}")
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {self._connect_timeout} s") from None
