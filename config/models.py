@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 ProviderKind = Literal["openai", "anthropic", "fake"]
 UsageCount = Literal["upstream", "chunks", "tiktoken", "tokenize"]
@@ -106,6 +106,15 @@ class ModelConfig(BaseModel):
     usage_count: UsageCount | None = None
     #: The tokenize endpoint of ``usage_count: tokenize``.
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+
+    @field_validator("api_key")
+    @classmethod
+    def _one_line(cls, key: SecretStr | None) -> SecretStr | None:
+        # It goes into a header: a line break would split the request (and the HTTP
+        # client refuses it). Often a secret file's trailing newline.
+        if key is not None and any(c in key.get_secret_value() for c in "\r\n\0"):
+            raise ValueError("api_key has a line break in it (a secret read with its newline?)")
+        return key
 
     @model_validator(mode="after")
     def _tokenize_reachable(self) -> Self:

@@ -45,6 +45,16 @@ UNREADABLE = "tokenpipe: configuration error:"
             id="duplicate-model",
         ),
         pytest.param(
+            'models: [{name: a, provider: openai, base_url: "http://x/v1",'
+            ' api_key: "sk-line-break-4a\\n"}]\n',
+            [
+                INVALID,
+                "  models.0.api_key: Value error, api_key has a line break in it "
+                "(a secret read with its newline?)",
+            ],
+            id="api-key-with-a-line-break",
+        ),
+        pytest.param(
             "models: [\n",
             [
                 UNREADABLE,
