@@ -6,7 +6,7 @@ redis-py parses replies with hiredis when it is installed, but its asyncio
 keys and 9 arguments) it was most of the client's CPU, which a stream's first token
 waits behind. Measured in process (``RedisStore.admit`` in a loop against a local
 redis-server, CPU per call): 226-270 us with neither, 198-207 us with hiredis
-parsing, and about 150 us with hiredis packing too (see docs/benchmarks.md, session 8).
+parsing, and 175-187 us with hiredis packing too (see docs/benchmarks.md, session 8).
 The bytes are the same (``tests/gateway/test_redis_client.py``).
 """
 
