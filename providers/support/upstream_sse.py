@@ -10,7 +10,8 @@ of the stream is discarded.
 
 Intentional divergences: ``data`` stays ``bytes`` (``orjson`` parses bytes directly,
 so each event saves a decode), and ``id`` / ``retry`` are ignored (an upstream relay
-never reconnects with ``Last-Event-ID``).
+never reconnects with ``Last-Event-ID``). An event still growing past
+:data:`MAX_EVENT_BYTES` across reads fails the reply (``ProviderUnavailable``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ import math
 import time
 from collections.abc import Mapping
 from datetime import UTC
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+from providers.errors import ProviderUnavailable
 
 _BOM = b"\xef\xbb\xbf"
+#: The most an event may take before it ends (its lines and the line being read): a
+#: token's chunk is a few hundred bytes; an upstream that never ends its line would
+#: otherwise grow memory, and every read would copy what came before.
+MAX_EVENT_BYTES: Final = 4 * 1024 * 1024
 
 
 class SSEEvent(NamedTuple):
@@ -113,6 +120,10 @@ class SSEParser:
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
             # Comments (empty name), id, retry and unknown fields are ignored.
+        if len(self._carry) + sum(map(len, self._data)) > MAX_EVENT_BYTES:
+            raise ProviderUnavailable(
+                f"upstream sent an event over {MAX_EVENT_BYTES // (1024 * 1024)} MiB"
+            )
         return events
 
 

@@ -24,7 +24,12 @@ from providers.errors import (
 )
 from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 from providers.openai.provider import OpenAIProvider
-from providers.support.upstream_sse import SSEEvent, SSEParser, retry_after_seconds
+from providers.support.upstream_sse import (
+    MAX_EVENT_BYTES,
+    SSEEvent,
+    SSEParser,
+    retry_after_seconds,
+)
 from tests.support import provider_streams as streams
 from tests.support.fakes.openai_upstream import (
     Behaviour,
@@ -471,3 +476,32 @@ def test_retry_after_ignores_garbage() -> None:
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({"retry-after": "inf"}) is None
     assert retry_after_seconds({"retry-after": "-3"}) == 0.0
+
+
+def test_sse_parser_bounds_an_event_that_never_ends() -> None:
+    """A hostile upstream's endless line: memory grows to the bound, then the reply
+    fails (and each read does not copy an ever longer carry past it)."""
+    parser = SSEParser()
+    piece = b"x" * 65536
+    assert parser.feed(b"data: ") == []
+    with pytest.raises(ProviderUnavailable, match="over 4 MiB"):
+        for _ in range(100):
+            assert parser.feed(piece) == []
+    # Just under the bound, the same event is whole once its blank line comes.
+    parser = SSEParser()
+    size = MAX_EVENT_BYTES - 100
+    events = [
+        e for part in range(0, size, 65536) for e in parser.feed(b"x" * min(65536, size - part))
+    ]
+    assert events == []
+    assert parser.feed(b"\n\n") == []  # not a data line: no event, nothing kept
+    assert parser.feed(b"data: " + b"y" * size + b"\n\n") == [SSEEvent("message", b"y" * size)]
+
+
+async def test_an_upstream_event_over_the_bound_fails_the_reply(
+    fake: FakeOpenAIUpstream, provider: Any
+) -> None:
+    fake.script = [Behaviour(raw=(b"z" * (2 * MAX_EVENT_BYTES),))]
+    error = await failure(provider)
+    assert type(error) is ProviderUnavailable
+    assert "over 4 MiB" in error.message
