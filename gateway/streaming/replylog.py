@@ -41,6 +41,9 @@ class Ended:
     usage: tuple[int, int] | None = None
     #: The ``error`` object of the in-band error of a reply that did not complete.
     error: dict[str, Any] | None = None
+    #: Not in the log: a reader found the producer gone (``reply_lost``). The reader
+    #: may be past the log's last entry (see :meth:`Sequencer.frames`).
+    lost: bool = False
 
 
 LogEntry = TextDelta | ToolCallDelta | Finish | Ended
@@ -209,6 +212,13 @@ class Sequencer:
         """The numbered frames of one log entry."""
         encoder = self.encoder
         if type(entry) is Ended:
+            if entry.lost:
+                # A reader can be past the log's last entry: the dead producer wrote
+                # to its client before its log append landed. The reply_lost error
+                # still reaches it, numbered after what it saw (else its resumed
+                # stream is an empty 200). A logged end keeps its number: a reader
+                # that saw it gets nothing more (204), as before.
+                self.seq = max(self.seq, self.after)
             if entry.error is not None:
                 return self.number(encoder.error(error_of(entry.error)))
             usage = entry.usage or (0, 0)

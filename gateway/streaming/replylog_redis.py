@@ -209,7 +209,7 @@ class RedisReplyView:
                         yield tail
                         return
                     lost = ReplyLost("The replica producing this reply stopped; retry it.")
-                    yield [*tail, Ended(error=lost.body()["error"])]
+                    yield [*tail, Ended(error=lost.body()["error"], lost=True)]
                     return
                 if quiet >= heartbeat:
                     quiet = 0.0

@@ -7,7 +7,7 @@ import orjson
 from gateway.dialects.chat_completions import ChunkEncoder
 from gateway.dialects.responses import ResponsesRequest
 from gateway.streaming import framer
-from gateway.streaming.replylog import Sequencer
+from gateway.streaming.replylog import Ended, Sequencer
 from providers.events import TextDelta
 
 
@@ -54,3 +54,26 @@ def test_responses_events_are_numbered_by_their_sequence_number() -> None:
     reader = Sequencer(request.encoder("resp_x", 1), after=3)  # had 0..3
     reader.start()
     assert reader.frames(TextDelta("a")).startswith(b"id: 4\n")
+
+
+def test_a_reader_past_a_lost_replys_log_still_gets_its_error() -> None:
+    """Regression (seen in test_a_replica_killed_mid_stream, about one run in three): the
+    dead producer had sent event 4 to its client, but its log held events up to 3; the
+    resumed reader (Last-Event-ID 4) got the reply_lost error numbered 4, dropped as
+    seen: a 200 with an empty body."""
+    encoder = ChunkEncoder(id="chatcmpl-x", created=1, model="m", include_usage=False)
+    reader = Sequencer(encoder, after=4)
+    logged = reader.frames(TextDelta("a")) + reader.frames(TextDelta("b"))  # events 1-3
+    assert logged == b""
+    lost = {"message": "lost", "type": "server_error", "param": None, "code": "reply_lost"}
+    out = reader.frames(Ended(error=lost, lost=True))
+    assert out.startswith(b"id: 5\n")
+    assert b'"code":"reply_lost"' in out
+    # A reader behind the log is numbered as before.
+    behind = Sequencer(encoder, after=1)
+    behind.frames(TextDelta("a"))
+    assert behind.frames(Ended(error=lost, lost=True)).startswith(b"id: 3\n")
+    # A logged end the reader saw stays seen (the resume is then a 204).
+    seen = Sequencer(encoder, after=3)
+    seen.frames(TextDelta("a"))
+    assert seen.frames(Ended(error=lost)) == b""
