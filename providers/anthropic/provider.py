@@ -1,4 +1,5 @@
-"""The provider for Anthropic's Messages API, spoken directly over one aiohttp session.
+"""The provider for Anthropic's Messages API, spoken directly over the providers' own
+HTTP/1.1 client (:mod:`providers.support.http1`: a keep-alive pool per upstream).
 
 The request is translated from the OpenAI chat shape: system and developer messages
 are joined into ``system``; assistant ``tool_calls`` become ``tool_use`` blocks and
@@ -21,8 +22,8 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
-import aiohttp
 import orjson
+from multidict import CIMultiDict
 
 from config.models import UpstreamConfig
 from providers.anthropic.messages import request_body
@@ -37,7 +38,15 @@ from providers.errors import (
     TranslateErrors,
 )
 from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
-from providers.support.headers import request_headers
+from providers.support.http1 import (
+    ConnectFailed,
+    Connection,
+    ConnectionClosed,
+    ConnectTimeout,
+    HTTP1Client,
+    HTTP1Error,
+    InvalidResponse,
+)
 from providers.support.upstream_sse import SSEEvent, SSEParser, retry_after_seconds
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
@@ -51,6 +60,8 @@ _STOP_REASONS: Final[Mapping[str, FinishReason]] = {
 }
 _BAD_REQUEST_STATUSES: Final = frozenset({400, 404, 413, 422})
 _DRAIN_SECONDS: Final = 0.1
+#: How much of an error response's body is read (for its message).
+_ERROR_BODY_LIMIT: Final = 1 << 20
 
 
 class AnthropicProvider:
@@ -69,37 +80,36 @@ class AnthropicProvider:
         if self._secret:
             headers["x-api-key"] = self._secret
         headers.update(upstream.headers)
-        self._headers = request_headers(headers)
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=upstream.connect_timeout, sock_read=None
-        )
-        self._session: aiohttp.ClientSession | None = None
+        # The gateway owns first-token and idle timeouts: only connecting is timed here.
+        self._http = HTTP1Client(self._url, headers, connect_timeout=upstream.connect_timeout)
 
     async def aclose(self) -> None:
-        """Close the HTTP session and its connection pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the connections, idle or in use."""
+        await self._http.aclose()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply's events; see the module docstring for the mapping."""
         body = orjson.dumps(request_body(request))
-        if self._session is None:
-            # Created here, not in __init__, so it binds to the running loop.
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        response: aiohttp.ClientResponse | None = None
+        response: Connection | None = None
         try:
             with _TranslateErrors(self._secret):
-                response = await self._session.post(self._url, data=body, headers=self._headers)
-                if response.status >= 400:
+                response = await self._http.post(body)
+                if response.status >= 300:  # a redirect too: it is not followed
                     raise await _status_error(response)
                 parser = SSEParser()
                 state = _StreamState()
-                read = response.content.readany  # not its async iterator: a coroutine less
+                take, arrival = response.take, response.arrival
                 # The events are parsed here, not in a generator of its own (one layer
                 # less for every token), each read in a function (nothing of it is held
-                # while the next read waits).
-                while chunk := await read():
+                # while the next read waits), and the connection's future awaited here
+                # (no coroutine between this frame and the socket).
+                while True:
+                    chunk = take()
+                    if chunk is None:
+                        await arrival()
+                        continue
+                    if not chunk:
+                        break
                     events, error = _events_of(parser.feed(chunk), state)
                     del chunk
                     for event in events:
@@ -253,13 +263,13 @@ def _block_index(obj: Mapping[str, Any]) -> int:
     return index
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
+async def _drain(response: Connection) -> None:
     """Read the rest of the body briefly so the connection can be pooled."""
     try:
         async with asyncio.timeout(_DRAIN_SECONDS):
-            async for _ in response.content.iter_any():
+            while await response.read():
                 pass
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, HTTP1Error):
         pass  # Best effort: releasing an unread response costs only a reconnect.
 
 
@@ -283,9 +293,9 @@ def _in_band_error(error: Any) -> ProviderError:
     return ProviderUnavailable(text)
 
 
-async def _status_error(response: aiohttp.ClientResponse) -> ProviderError:
+async def _status_error(response: Connection) -> ProviderError:
     status = response.status
-    raw = await response.read()
+    raw = await response.read_body(_ERROR_BODY_LIMIT)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -294,7 +304,7 @@ async def _status_error(response: aiohttp.ClientResponse) -> ProviderError:
     message = f"upstream returned {status}: {detail}" if detail else f"upstream returned {status}"
     if status == 429:
         return ProviderRateLimited(
-            message, status=status, retry_after=retry_after_seconds(response.headers)
+            message, status=status, retry_after=retry_after_seconds(CIMultiDict(response.headers()))
         )
     if status in (401, 403):
         return ProviderAuthError(message, status=status)
@@ -304,16 +314,18 @@ async def _status_error(response: aiohttp.ClientResponse) -> ProviderError:
 
 
 class _TranslateErrors(TranslateErrors):
-    """aiohttp and parsing exceptions, by type."""
+    """Transport and parsing exceptions, by type."""
 
     __slots__ = ()
 
     def translate(self, exc: BaseException) -> None:
-        if isinstance(exc, aiohttp.ServerTimeoutError):
+        if isinstance(exc, ConnectTimeout):
             raise ProviderTimeout("upstream timed out") from exc
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, ConnectFailed):
             raise ProviderUnavailable("cannot connect to upstream") from exc
-        if isinstance(exc, aiohttp.ClientError):
-            raise ProviderUnavailable(f"upstream connection failed: {type(exc).__name__}") from exc
+        if isinstance(exc, ConnectionClosed):
+            raise ProviderUnavailable("upstream connection closed") from exc
+        if isinstance(exc, InvalidResponse):
+            raise ProviderUnavailable(str(exc)) from exc
         if isinstance(exc, orjson.JSONDecodeError):
             raise ProviderUnavailable("upstream sent an invalid JSON event") from exc

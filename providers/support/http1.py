@@ -1,4 +1,5 @@
-"""A small HTTP/1.1 client for a provider's streaming POST to one upstream origin.
+"""A small HTTP/1.1 client for a provider's streaming POST to one upstream origin (the
+OpenAI and Anthropic providers send on it).
 
 :class:`HTTP1Client` sends one kind of request (``POST`` to one URL, with headers fixed
 when it is made) on a pool of keep-alive connections, and hands the response body
@@ -6,12 +7,12 @@ over as the transport delivers it. Each :class:`Connection` is the asyncio proto
 one socket and the response being read on it; llhttp (Node's HTTP parser, through
 ``httptools``) does the parsing, chunked decoding included, in ``data_received``.
 
-Why not aiohttp's client, which the provider used before: per open stream it kept
+Why not aiohttp's client, which the providers used before: per open stream it kept
 about 13 KB (the ``ClientResponse`` and its ``RequestInfo`` with every request header,
 two ``StreamReader`` objects, the request writer's task, the connection wrapper),
 against about 4 KB here on the same transport
 (``python -m tests.benchmarks.client_memory``), and sending a request took a third of
-the gateway's own time to first token. What it does that this does not, and the
+the gateway's own time to first token. What it does that this does not, and a
 provider does not need: redirects, cookies, proxies, compression (``Accept-Encoding:
 identity`` is sent), request bodies other than bytes, other methods.
 

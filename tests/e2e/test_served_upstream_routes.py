@@ -1,5 +1,5 @@
-"""The served gateway (``python -m gateway``, on uvloop) relaying an OpenAI-compatible
-upstream through the OpenAI provider's own HTTP/1.1 client.
+"""The served gateway (``python -m gateway``, on uvloop) relaying OpenAI-compatible and
+Anthropic upstreams through the providers' own HTTP/1.1 client.
 
 Regression: the in-process tests run on asyncio's loop; on uvloop, the client's first
 version failed every stream (uvloop's transports are not ``asyncio.Transport``).
@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from openai import AsyncOpenAI
 
+from tests.support.fakes.anthropic_upstream import FakeAnthropicUpstream
 from tests.support.fakes.openai_upstream import Behaviour, FakeOpenAIUpstream, expected_text
 from tests.support.gateway import GatewayProcess
 
@@ -80,3 +81,26 @@ async def test_a_client_leaving_closes_the_upstream_stream_at_once(
         response.close()
     closed_at = await fake.wait_closed(timeout=5)
     assert closed_at - left < 1.0
+
+
+async def test_an_anthropic_route_streams_through_the_served_gateway(
+    gateway_process: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """The Anthropic provider sends on the same HTTP/1.1 client (served, on uvloop)."""
+    async with FakeAnthropicUpstream([Behaviour(tokens=6)]) as upstream:
+        config = tmp_path / "tokenpipe.yaml"
+        config.write_text(
+            "models:\n  - name: claude\n    provider: anthropic\n"
+            f"    base_url: {upstream.base_url}\n    api_key: sk-ant-5c2e\n"
+        )
+        served = gateway_process("--config", str(config))
+        client = AsyncOpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        async with client:
+            for _ in range(2):
+                stream = await client.chat.completions.create(
+                    model="claude", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                chunks = [chunk async for chunk in stream]
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                assert text == expected_text(6)
+        assert [r.headers["x-api-key"] for r in upstream.requests] == ["sk-ant-5c2e"] * 2
