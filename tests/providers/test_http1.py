@@ -531,3 +531,26 @@ async def test_an_ipv6_literal_upstream() -> None:
         server.close()
         await server.wait_closed()
     assert seen[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: [::1]:%d\r\n" % port)
+
+
+async def test_idle_connections_past_the_cap_are_closed() -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await server.read_request(reader)
+                writer.write(OK_HEAD + b"Content-Length: 1\r\n\r\nx")
+        except asyncio.IncompleteReadError:
+            closed.set()  # the client closed this connection
+
+    async with RawServer(handler) as server, client_for(server, max_idle=1) as client:
+        first, second = await client.post(b"{}"), await client.post(b"{}")  # two at once
+        for connection in (first, second):
+            assert await body_of(connection) == b"x"
+            connection.release()
+        await asyncio.wait_for(closed.wait(), 5)  # the second did not fit in the pool
+        connection = await client.post(b"{}")
+        assert await body_of(connection) == b"x"
+        connection.release()
+    assert server.connections == 2
