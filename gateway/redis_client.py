@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
-    ConnectionPool,
     SSLConnection,
     UnixDomainSocketConnection,
 )
@@ -59,11 +58,7 @@ _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
 def redis_client(url: str, **options: Any) -> Redis:
     """``Redis.from_url(url, **options)``, its connections packing with hiredis."""
     client: Redis = Redis.from_url(url, **options)
-    pack_with_hiredis(client.connection_pool)
-    return client
-
-
-def pack_with_hiredis(pool: ConnectionPool) -> None:
-    """Make ``pool``'s new connections pack with hiredis (the kind of connection its
-    URL chose is kept; one of another kind is left as it is)."""
+    # The kind of connection the URL chose is kept; one of another kind is left as it is.
+    pool = client.connection_pool
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
+    return client

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 from collections.abc import Callable
 
 
@@ -27,12 +28,7 @@ def glibc_trim() -> Callable[[], int] | None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-
-    def trim_all() -> int:
-        result: int = trim(0)
-        return result
-
-    return trim_all
+    return functools.partial(trim, 0)
 
 
 async def trim_heap_every(interval: float) -> None:

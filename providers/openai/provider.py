@@ -116,26 +116,27 @@ class OpenAIProvider:
         # Every stream is sent on this one; the gateway owns first-token and idle
         # timeouts, so only connecting is timed here.
         self._http = HTTP1Client(self._url, self._fields, connect_timeout=upstream.connect_timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: tuple[aiohttp.ClientSession, CIMultiDict[str]] | None = None
         self._tokenizer = UpstreamTokenizer(upstream.tokenize) if upstream.tokenize else None
 
     def _tokenize_session(self) -> tuple[aiohttp.ClientSession, CIMultiDict[str]]:
         """The session the tokenize endpoint is asked on (off the streaming path)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
+            session = aiohttp.ClientSession(
                 # An upstream's cookies are not the next caller's: keep none, send none.
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=None, sock_connect=self._connect_timeout, sock_read=None
                 ),
             )
-        return self._session, request_headers(self._fields)
+            self._session = session, request_headers(self._fields)  # both built once
+        return self._session
 
     async def aclose(self) -> None:
         """Close the streaming connections, the tokenize session and the SDK's client."""
         await self._http.aclose()
         if self._session is not None:
-            await self._session.close()
+            await self._session[0].close()
         await self._client.close()
 
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:

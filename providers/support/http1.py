@@ -405,12 +405,12 @@ class Connection(asyncio.Protocol):
             if not self._expecting:  # bytes no request asked for (the connection is idle)
                 self.close()
                 return
+            self.answered = True  # before the head only: not a store per token
         elif self._complete:
             # Bytes after the response ended: not a connection to reuse.
             self._keep_alive = False
             self.close()
             return
-        self.answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
