@@ -22,6 +22,7 @@ from gateway.admission.headers import ratelimit_headers
 from gateway.admission.keys import Identity, KeyRing
 from gateway.admission.store import (
     Admission,
+    InstantStore,
     Reservation,
     StateStore,
     StoreUnavailable,
@@ -165,6 +166,7 @@ class Gate:
         #: Per key name (a closed set): whether its latest admission left room for
         #: more, so the next one may run beside the upstream's start.
         self._room: dict[str, bool] = {}
+        self._instant = store if isinstance(store, InstantStore) else None
 
     def admits_ahead(self, identity: Identity) -> bool:
         """Whether ``identity``'s next admission may run while the upstream starts.
@@ -172,8 +174,9 @@ class Gate:
         Only while the key's latest admission in this process left clear room: its
         first request, and every one after a refusal or near a limit, waits for the
         answer first, so a refused key does not reach the upstream. Otherwise the
-        admission (a Redis round trip, or the in-process store's tens of
-        microseconds) overlaps the upstream's time to its first token.
+        admission overlaps the upstream's time to its first token: a Redis round
+        trip in a task; the in-process store's tens of microseconds inline
+        (:attr:`instant`), once the upstream started.
         """
         return self._room.get(identity.name, False)
 
@@ -221,6 +224,20 @@ class Gate:
                 "The gateway cannot check this key's limits right now; retry shortly.",
                 headers={"Retry-After": "1"},
             ) from None
+        return self._ticket(identity, admission, reserve_tokens)
+
+    @property
+    def instant(self) -> bool:
+        """Whether the store answers at once (in process): :meth:`admit_now` works."""
+        return self._instant is not None
+
+    def admit_now(self, identity: Identity, reserve_tokens: int) -> Ticket:
+        """:meth:`admit` answered at once, for an :attr:`instant` store."""
+        assert self._instant is not None
+        admission = self._instant.admit_now(identity.name, identity.limits, reserve_tokens)
+        return self._ticket(identity, admission, reserve_tokens)
+
+    def _ticket(self, identity: Identity, admission: Admission, reserve_tokens: int) -> Ticket:
         self._room[identity.name] = _has_room(admission, reserve_tokens)
         headers = ratelimit_headers(admission)
         if not admission.admitted:

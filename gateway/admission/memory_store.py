@@ -161,6 +161,13 @@ class MemoryStore:
         self, key: str, limits: Limits, reserve_tokens: int, now: float | None = None
     ) -> Admission:
         """See ``StateStore.admit``."""
+        return self.admit_now(key, limits, reserve_tokens, now)
+
+    def admit_now(
+        self, key: str, limits: Limits, reserve_tokens: int, now: float | None = None
+    ) -> Admission:
+        """:meth:`admit` without a coroutine (``store.InstantStore``): the answer is
+        here at once, so a streamed reply admits inline rather than in a task."""
         if reserve_tokens < 0:
             raise ValueError("reserve_tokens must be >= 0")
         now = time.time() if now is None else now

@@ -41,7 +41,7 @@ or, for a ``fail_open`` key, admits without limits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypedDict
+from typing import Literal, Protocol, TypedDict, runtime_checkable
 
 RefusalReason = Literal[
     "rate_limit_requests", "rate_limit_tokens", "too_many_streams", "insufficient_quota"
@@ -215,4 +215,16 @@ class StateStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections; the store is unusable afterwards."""
+        ...
+
+
+@runtime_checkable
+class InstantStore(Protocol):
+    """A store that answers an admission at once, without awaiting (in process):
+    a streamed reply then admits inline, with no task and no coroutine for it."""
+
+    def admit_now(
+        self, key: str, limits: Limits, reserve_tokens: int, now: float | None = None
+    ) -> Admission:
+        """``StateStore.admit``, answered at once."""
         ...

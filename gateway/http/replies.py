@@ -33,6 +33,7 @@ from gateway.streaming.collector import collect
 from gateway.streaming.record import ReplyRecord, end_reason
 from gateway.streaming.relay import StreamSession
 from gateway.streaming.replylog import ReplyLog, ReplyMeta, UnloggedReply, new_reply_id, new_token
+from providers.support.tokenizer import is_large
 
 log = structlog.get_logger("tokenpipe.http")
 
@@ -106,7 +107,12 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         if not inbound.stream and not inbound.background:
             with state.track(record):
                 return json_response(await collect(record, parsed), headers=headers)
+        encoder = parsed.encoder(record.reply_id, record.created)
         if inbound.stream:
+            # The parsed request (~2 KB) is done with: not held across the set-up's
+            # awaits, where 1,000 streams opening at once would leave it in holes
+            # between their long-lived objects.
+            del parsed
             # The upstream first: the rest is set up while it works on its first token.
             record.start_opening()
         try:
@@ -117,7 +123,13 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 # its own round trip (Redis); then the rest overlaps both.
                 await asyncio.sleep(0)
                 if ahead is not None:
-                    record.admission = _admit_ahead(state.gate, ahead, record, cap)
+                    if state.gate.instant and not is_large(inbound.messages):
+                        # In process: the answer is here at once (a refusal is the
+                        # response, and the upstream started ahead is dropped).
+                        ticket = _admit_now(state.gate, ahead, record, cap)
+                        headers.update(ticket.take_headers())
+                    else:
+                        record.admission = _admit_ahead(state.gate, ahead, record, cap)
                 await asyncio.sleep(0)
             # Streamed and background replies go into a reply log: resumable, cancellable.
             meta = ReplyMeta(
@@ -138,7 +150,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             session = StreamSession(
                 request if inbound.stream else None,
                 record,
-                parsed.encoder(record.reply_id, record.created),
+                encoder,
                 reply_log=reply_log,
                 heartbeat=settings.heartbeat_seconds,
                 send_timeout=settings.send_timeout_seconds,
@@ -158,10 +170,10 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 record.abandon("client_gone" if cancelled else "internal_error")
             raise
         if inbound.stream:
-            # The parsed request (~2 KB), the body and the headers (the response has them)
-            # are not needed while streaming: the encoder, the record and the log have
-            # what is; this frame lives as long.
-            del parsed, body, headers
+            # The body and the headers (the response has them) are not needed while
+            # streaming: the encoder, the record and the log have what is; this frame
+            # lives as long.
+            del encoder, body, headers
             return await session.run()
         session.start()
         return json_response(parsed.pending(record.reply_id, record.created), headers=headers)
@@ -170,11 +182,27 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
 async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:
     """Reserve the prompt plus the reply's maximum; the record settles it when it ends."""
     await record.count_prompt()
+    prompt, wanted = _wanted(record, cap)
+    return _held(await gate.admit(identity, prompt + wanted), record, prompt, wanted)
+
+
+def _admit_now(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:
+    """:func:`_admit` with an instant store and a small prompt: no coroutine, no task."""
+    prompt, wanted = _wanted(record, cap)
+    return _held(gate.admit_now(identity, prompt + wanted), record, prompt, wanted)
+
+
+def _wanted(record: ReplyRecord, cap: int | None) -> tuple[int, int]:
+    """The prompt's tokens, and the most the reply may add to them."""
     prompt = record.prompt_tokens()
     wanted = record.request.max_tokens or cap or DEFAULT_RESERVE_TOKENS
     if cap is not None:
         wanted = min(wanted, cap)
-    ticket = await gate.admit(identity, prompt + wanted)
+    return prompt, wanted
+
+
+def _held(ticket: Ticket, record: ReplyRecord, prompt: int, wanted: int) -> Ticket:
+    """The admitted ticket, bound to the record: its cap, its meter, its settle."""
     reservation = ticket.reservation
     if reservation is not None and reservation.reserved < prompt + wanted:
         # The budget has room for less than asked: the reply may not outgrow it.

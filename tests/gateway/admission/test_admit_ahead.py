@@ -144,3 +144,47 @@ async def test_a_reply_that_fails_while_admission_is_in_flight_releases_its_stre
             await asyncio.sleep(0.2)
             status, _, raw = await _post(session, url)
     assert status == 200, raw
+
+
+async def test_in_process_a_refusal_found_after_the_upstream_started_is_a_429_and_closes_it(
+    make_gateway: MakeGateway,
+) -> None:
+    """The in-process store answers at once, inline once the upstream started (no
+    task): max_streams, which the store does not report as room, refuses."""
+    async with FakeOpenAIUpstream(Behaviour(tokens=400, delay=0.01)) as fake:
+        url = await make_gateway(models=[_route(fake)], auth=_auth(max_streams=1), **LOG_OFF)
+        async with aiohttp.ClientSession() as session:
+            fake.script = [Behaviour(tokens=2)]
+            assert (await _post(session, url))[0] == 200  # the key showed room
+            fake.script = [Behaviour(tokens=400, delay=0.01)]
+            async with session.post(
+                f"{url}/v1/chat/completions", json=BODY, headers=HEADERS
+            ) as open_stream:
+                assert open_stream.status == 200
+                await open_stream.content.readline()
+                status, headers, raw = await _post(session, url)
+                # The upstream started ahead is dropped: cancelled before its request
+                # went out, or closed at once (never streamed to its end).
+                if await _upstream_sees(fake, 3, within=0.3):
+                    await fake.wait_closed(-1, timeout=1.0)
+                assert len(fake.requests) <= 3
+                assert not fake.requests[1].closed.is_set()  # the open stream goes on
+                assert b"data: " in await open_stream.content.readline() + (
+                    await open_stream.content.readline()
+                )
+    assert status == 429
+    assert orjson.loads(raw)["error"]["code"] == "too_many_streams"
+    assert headers["Retry-After"] == "1"
+    assert "x-ratelimit-limit-requests" not in headers  # no rpm on this key
+
+
+async def test_in_process_a_stream_admitted_ahead_carries_the_admission_headers(
+    make_gateway: MakeGateway,
+) -> None:
+    async with FakeOpenAIUpstream(Behaviour(tokens=3)) as fake:
+        url = await make_gateway(models=[_route(fake)], auth=_auth(rpm=100), **LOG_OFF)
+        async with aiohttp.ClientSession() as session:
+            seen = [await _post(session, url) for _ in range(3)]
+    assert [s for s, _, _ in seen] == [200, 200, 200]
+    assert [h["x-ratelimit-remaining-requests"] for _, h, _ in seen] == ["99", "98", "97"]
+    assert all(raw.endswith(b"data: [DONE]\n\n") for _, _, raw in seen)
