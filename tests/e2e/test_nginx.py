@@ -158,9 +158,12 @@ def assert_spread_over_time(got: Timed) -> None:
     times = got.content_times
     assert len(times) == 30
     total = got.events[-1][0]
-    # 30 tokens at 20/s take at least 1.45 s upstream: a slow machine only adds to it,
-    # a buffering proxy would deliver them all at once.
-    assert times[-1] - times[0] >= 1.0, times
+    # 30 tokens at 20/s, 50 ms apart upstream: a buffering proxy delivers them at
+    # once. Counted as distinct arrivals (10 ms apart), not as a wall-clock spread: a
+    # stall of the busy machine early in the stream bunches a few tokens (seen in CI:
+    # the first eight at one instant, 0.5 s late) but never most of them.
+    arrivals = sorted({round(t, 2) for t in times})
+    assert len(arrivals) >= 10, times
     assert times[0] < 0.5 * total, (times[0], total)
     assert got.reads_with_events >= 10, got.reads_with_events
 
