@@ -18,6 +18,7 @@ from openai import AsyncOpenAI
 from tests.support.fakes.anthropic_upstream import FakeAnthropicUpstream
 from tests.support.fakes.openai_upstream import Behaviour, FakeOpenAIUpstream, expected_text
 from tests.support.gateway import GatewayProcess
+from tests.support.sdk_streams import assert_complete
 
 
 @pytest.fixture
@@ -54,11 +55,7 @@ async def test_streams_through_the_served_gateway_on_one_upstream_connection(
                 stream_options={"include_usage": True},
             )
             chunks = [chunk async for chunk in stream]
-            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            assert text == expected_text(7)
-            assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-            assert chunks[-1].usage is not None
-            assert chunks[-1].usage.completion_tokens == 7
+            assert_complete(chunks, expected_text(7), 7)
     assert [r.headers["Authorization"] for r in fake.requests] == ["Bearer sk-upstream-7e1d"] * 3
     # Kept alive between replies (the drain after [DONE] is brief: allow one miss).
     assert len({r.peer for r in fake.requests}) < 3

@@ -27,6 +27,7 @@ from tests.support.fakes.openai_upstream import (
     expected_text,
 )
 from tests.support.ports import free_port
+from tests.support.sdk_streams import assert_complete
 from tests.support.sse_client import stream_request
 
 FAST = {"connect": 2, "first_token": 5, "idle": 5}
@@ -151,11 +152,7 @@ async def test_anthropic_upstream_through_openai_sdk(make_gateway: Any) -> None:
                 stream_options={"include_usage": True},
             )
             chunks = [c async for c in stream]
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == expected_text(7)
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == 7
+    assert_complete(chunks, expected_text(7), 7)
     sent = fake.requests[0].json
     assert sent["system"] == "Be brief."
     assert sent["model"] == "claude-sonnet-4-5"
