@@ -42,8 +42,9 @@ def new_request_handler(server: web.Server, cls: type[RequestHandler]) -> Reques
     """What ``web.Server.__call__`` does (one protocol per connection), with ``cls``.
 
     ``RequestHandler`` is aiohttp's connection protocol; its ``handle_error`` (the
-    answer to a malformed request), ``log_exception`` and ``data_received`` are
-    overridden by :mod:`gateway.server.bad_requests`.
+    answer to a malformed request), ``log_exception``, ``data_received`` and
+    ``log_access`` (called once each response is written: the header deadline
+    re-arms there) are overridden by :mod:`gateway.server.bad_requests`.
     """
     kwargs: dict[str, Any] = server._kwargs
     return cls(server, loop=server._loop, **kwargs)

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.observability.log_throttle import LogThrottle
@@ -42,10 +43,21 @@ class GatewayRequestHandler(RequestHandler):
     on_data: Callable[[RequestHandler], None] | None = None
     throttle: LogThrottle | None = None
 
+    #: Set by the server: called with this protocol once each response is written
+    #: (aiohttp logs the access then, whatever the handler did).
+    on_response_done: Callable[[RequestHandler], None] | None = None
+
     def data_received(self, data: bytes) -> None:
         if self.on_data is not None:
             self.on_data(self)
         super().data_received(data)
+
+    def log_access(
+        self, request: BaseRequest, response: web.StreamResponse, time: float | None
+    ) -> None:
+        if self.on_response_done is not None:
+            self.on_response_done(self)
+        super().log_access(request, response, time)
 
     def _log_once(self, event: str, key: str, **fields: Any) -> None:
         throttle = self.throttle
