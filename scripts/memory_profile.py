@@ -15,6 +15,11 @@ live ones): what fragmentation adds to the live objects.
     .venv/bin/python scripts/memory_profile.py --variant keys
     .venv/bin/python scripts/memory_profile.py --variant bare --by lineno --top 30
     .venv/bin/python scripts/memory_profile.py --variant keys --by heap
+    .venv/bin/python scripts/memory_profile.py --variant keys --streams 300 --waiting 60
+
+``--waiting`` profiles streams before their first token (the upstream holds it back):
+what a stream holds only while it waits is freed at once under load, and left as
+holes between the long-lived objects of the others.
 
 tracemalloc slows the server several times, so the streams take a while to open; the
 figures are allocations still alive, after a ``gc.collect()``, not RSS (which adds
@@ -126,7 +131,9 @@ def serve_traced(snapshot_prefix: str, argv: list[str]) -> None:
         main(argv)
 
 
-async def hold(url: str, model: str, pid: int, streams: int, settle: float) -> None:
+async def hold(
+    url: str, model: str, pid: int, streams: int, settle: float, waiting: float | None = None
+) -> None:
     target = bench.Target("under-test", url, model, False)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for _ in range(20):
@@ -134,16 +141,20 @@ async def hold(url: str, model: str, pid: int, streams: int, settle: float) -> N
         await asyncio.sleep(0.5)
         os.kill(pid, signal.SIGUSR1)  # tracing starts: the baseline
         await asyncio.sleep(3)
-        body = target.body(100_000, 1.0)
+        # ``waiting``: no first token for an hour, snapshot after that many seconds.
+        body = target.body(100_000, 3600.0 if waiting is not None else 1.0)
         firsts = [asyncio.Event() for _ in range(streams)]
         tasks = [
             asyncio.create_task(bench.read_stream(session, target, body, first)) for first in firsts
         ]
         try:
-            async with asyncio.timeout(600):
-                for first in firsts:
-                    await first.wait()
-            await asyncio.sleep(settle)
+            if waiting is not None:
+                await asyncio.sleep(waiting)
+            else:
+                async with asyncio.timeout(600):
+                    for first in firsts:
+                        await first.wait()
+                await asyncio.sleep(settle)
             os.kill(pid, signal.SIGUSR1)  # every stream open
             await asyncio.sleep(max(6.0, streams / 150))  # the snapshot is written
         finally:
@@ -202,6 +213,12 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--by", choices=("owner", "lineno", "heap"), default="owner")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--waiting",
+        type=float,
+        metavar="SECONDS",
+        help="profile streams still waiting for their first token, that long after opening",
+    )
     parser.add_argument("--serve", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:  # the server's process
@@ -252,7 +269,14 @@ def main() -> None:
                 sys.exit(f"the server did not start: {(work / 'server.log').read_text()}")
             time.sleep(0.2)
         asyncio.run(
-            hold(f"http://127.0.0.1:{port}/v1", model, server.pid, args.streams, args.settle)
+            hold(
+                f"http://127.0.0.1:{port}/v1",
+                model,
+                server.pid,
+                args.streams,
+                args.settle,
+                args.waiting,
+            )
         )
         report(prefix, args.streams, args.by, args.top)
 
