@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.errors import UpstreamRateLimited
+from gateway.errors import LimitsUnavailable, RateLimited, UpstreamRateLimited
 from gateway.observability.live_stats import LiveStats
 from gateway.observability.metrics import Metrics
 
@@ -21,12 +21,17 @@ _OK = frozenset({"stop", "length", "tool_calls"})
 
 def _error_type(record: ReplyRecord) -> str | None:
     """The metrics' ``error_type``: the record's end reason, with what it folds in
-    (a rate-limited upstream ends as ``upstream_error``) told apart."""
+    (a rate-limited upstream ends as ``upstream_error``, a key's refusal found while
+    the upstream started ahead as ``rejected``) told apart."""
     if record.reason in _OK:
         return None
     if isinstance(record.error, UpstreamRateLimited):
         return "rate_limited"
     if record.reason == "rejected":
+        if isinstance(record.error, RateLimited):
+            return "rate_limited"
+        if isinstance(record.error, LimitsUnavailable):
+            return "unavailable"
         return "bad_request"
     return record.reason
 

@@ -21,7 +21,9 @@ from gateway.dialects.base import Completed, InboundRequest
 from gateway.errors import (
     BadRequest,
     GatewayError,
+    LimitsUnavailable,
     QuotaExceeded,
+    RateLimited,
     ReplyCancelled,
     ShuttingDown,
     UpstreamTimeout,
@@ -353,8 +355,10 @@ def end_reason(exc: BaseException) -> str:
         return "shutdown"
     if isinstance(exc, QuotaExceeded):
         return "insufficient_quota"
-    if isinstance(exc, BadRequest):
-        return "rejected"  # the client's request (e.g. a fake knob), not the upstream
+    if isinstance(exc, BadRequest | RateLimited | LimitsUnavailable):
+        # The client's request (e.g. a fake knob) or the key's limits, not the
+        # upstream: a refusal found while the upstream started ahead.
+        return "rejected"
     if isinstance(exc, ReplyCancelled):
         return "cancelled"
     return "upstream_error"

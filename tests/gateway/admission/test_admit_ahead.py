@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+import structlog
+from structlog.testing import capture_logs
 
 from tests.support.fakes.openai_upstream import Behaviour, FakeOpenAIUpstream
 from tests.support.gateway import MakeGateway
@@ -20,6 +22,7 @@ from tests.support.redis_server import RedisServer
 
 KEY = "sk-ahead-5b0e2f9a71"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
+ADMIN = "sk-ahead-admin-33c1d0"
 
 
 #: The reply log stays in process (``resumable: false``): creating a Redis reply log
@@ -188,3 +191,30 @@ async def test_in_process_a_stream_admitted_ahead_carries_the_admission_headers(
     assert [s for s, _, _ in seen] == [200, 200, 200]
     assert [h["x-ratelimit-remaining-requests"] for _, h, _ in seen] == ["99", "98", "97"]
     assert all(raw.endswith(b"data: [DONE]\n\n") for _, _, raw in seen)
+
+
+async def test_a_refusal_found_ahead_ends_as_rejected_not_as_an_upstream_error(
+    make_gateway: MakeGateway,
+) -> None:
+    """Regression: a key's refusal found while the upstream started ahead was recorded
+    as ``upstream_error`` (stream_finished and the metrics' error_type)."""
+    async with FakeOpenAIUpstream(Behaviour(tokens=400, delay=0.01)) as fake:
+        auth = {**_auth(max_streams=1), "admin_key": ADMIN}
+        url = await make_gateway(models=[_route(fake)], auth=auth, **LOG_OFF)
+        async with aiohttp.ClientSession() as session:
+            fake.script = [Behaviour(tokens=2)]
+            assert (await _post(session, url))[0] == 200
+            fake.script = [Behaviour(tokens=400, delay=0.01)]
+            async with session.post(
+                f"{url}/v1/chat/completions", json=BODY, headers=HEADERS
+            ) as open_stream:
+                await open_stream.content.readline()
+                with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+                    assert (await _post(session, url))[0] == 429
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            async with session.get(f"{url}/metrics", headers=admin) as r:
+                exposition = await r.text()
+    finished = [e for e in logs if e["event"] == "stream_finished"]
+    assert [e["reason"] for e in finished] == ["rejected"]
+    assert 'error_type="rate_limited"' in exposition
+    assert 'error_type="upstream_error"' not in exposition
