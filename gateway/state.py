@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -63,9 +63,10 @@ class GatewayState:
     # ``track`` and ``holding`` return small classes, not generator-based context
     # managers: each open stream holds one of each (about 300 bytes less apiece).
 
-    def track(self, record: ReplyRecord) -> _Tracking:
-        """Count ``record`` as in flight, produced by the current task, while inside."""
-        return _Tracking(self, record)
+    def track(self, record: ReplyRecord, task: asyncio.Task[Any] | None = None) -> _Tracking:
+        """Count ``record`` as in flight, produced by ``task`` (the current one by
+        default), while inside."""
+        return _Tracking(self, record, task)
 
     def holding(self) -> _Holding:
         """A list for the routes a handler resolves: their providers stay open while inside.
@@ -121,12 +122,15 @@ class _Tracking:
 
     __slots__ = ("_record", "_state", "_task")
 
-    def __init__(self, state: GatewayState, record: ReplyRecord) -> None:
+    def __init__(
+        self, state: GatewayState, record: ReplyRecord, task: asyncio.Task[Any] | None
+    ) -> None:
         self._state = state
         self._record = record
+        self._task = task
 
     def __enter__(self) -> None:
-        task = asyncio.current_task()
+        task = self._task or asyncio.current_task()
         assert task is not None
         self._task = task
         self._state.inflight[task] = self._record
@@ -134,6 +138,7 @@ class _Tracking:
 
     def __exit__(self, *exc_info: object) -> None:
         state = self._state
+        assert self._task is not None
         del state.inflight[self._task]
         if not state.inflight:
             state.idle.set()

@@ -108,29 +108,31 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             with state.track(record):
                 return json_response(await collect(record, parsed), headers=headers)
         encoder = parsed.encoder(record.reply_id, record.created)
-        if inbound.stream:
-            # The parsed request (~2 KB) is done with: not held across the set-up's
-            # awaits, where 1,000 streams opening at once would leave it in holes
-            # between their long-lived objects.
-            del parsed
-            # The upstream first: the rest is set up while it works on its first token.
-            record.start_opening()
+        # The parsed request (~2 KB) is done with: not held across the set-up's awaits,
+        # where 1,000 streams opening at once would leave it in holes between their
+        # long-lived objects (a background reply answers its pending body from it).
+        pending = None if inbound.stream else parsed.pending(record.reply_id, record.created)
+        del parsed
+        # The upstream first, in the reply's one task: the rest is set up while it
+        # works on its first token, and the task goes on once ``set_up`` is done.
+        session = StreamSession(
+            record, track=state.track, heartbeat=settings.heartbeat_seconds, ticker=state.ticker
+        )
+        session.start()
         try:
-            if inbound.stream:
-                # Two turns of the loop: the opening task runs to its request, then
-                # aiohttp writes it (a task of its own, eager only from Python 3.12).
-                # Admission starts in between: after the upstream request, and with it
-                # its own round trip (Redis); then the rest overlaps both.
-                await asyncio.sleep(0)
-                if ahead is not None:
-                    if state.gate.instant and not is_large(inbound.messages):
-                        # In process: the answer is here at once (a refusal is the
-                        # response, and the upstream started ahead is dropped).
-                        ticket = _admit_now(state.gate, ahead, record, cap)
-                        headers.update(ticket.take_headers())
-                    else:
-                        record.admission = _admit_ahead(state.gate, ahead, record, cap)
-                await asyncio.sleep(0)
+            # Two turns of the loop: the task runs to its upstream request, then that
+            # is written. Admission starts in between: after the upstream request,
+            # and with it its own round trip (Redis); then the rest overlaps both.
+            await asyncio.sleep(0)
+            if ahead is not None:
+                if state.gate.instant and not is_large(inbound.messages):
+                    # In process: the answer is here at once (a refusal is the
+                    # response, and the upstream started ahead is dropped).
+                    ticket = _admit_now(state.gate, ahead, record, cap)
+                    headers.update(ticket.take_headers())
+                else:
+                    record.admission = _admit_ahead(state.gate, ahead, record, cap)
+            await asyncio.sleep(0)
             # Streamed and background replies go into a reply log: resumable, cancellable.
             meta = ReplyMeta(
                 reply_id=record.reply_id,
@@ -147,16 +149,12 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 headers[RESUME_TOKEN] = meta.token
             else:
                 reply_log = UnloggedReply(meta)  # no ids, nothing kept: not resumable
-            session = StreamSession(
+            session.set_up(
                 request if inbound.stream else None,
-                record,
                 encoder,
                 reply_log=reply_log,
-                heartbeat=settings.heartbeat_seconds,
                 send_timeout=settings.send_timeout_seconds,
                 headers=headers,
-                track=state.track,
-                ticker=state.ticker,
                 retry_ms=settings.resume_retry_ms,
                 background=inbound.background,
                 detach_grace=settings.detach_grace_seconds,
@@ -164,10 +162,10 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             )
         except BaseException as exc:  # nothing will stream it
             if isinstance(exc, GatewayError):
-                record.abandon(end_reason(exc), exc)
+                session.abandon(end_reason(exc), exc)
             else:
                 cancelled = isinstance(exc, asyncio.CancelledError)
-                record.abandon("client_gone" if cancelled else "internal_error")
+                session.abandon("client_gone" if cancelled else "internal_error")
             raise
         if inbound.stream:
             # The body and the headers (the response has them) are not needed while
@@ -175,8 +173,8 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             # lives as long.
             del encoder, body, headers
             return await session.run()
-        session.start()
-        return json_response(parsed.pending(record.reply_id, record.created), headers=headers)
+        assert pending is not None
+        return json_response(pending, headers=headers)
 
 
 async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:

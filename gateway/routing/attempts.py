@@ -21,6 +21,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
@@ -79,21 +80,71 @@ def _rank(exc: ProviderError) -> int:
     return len(order)
 
 
-async def _first_event(route: Route, request: ChatRequest) -> Opened:
+class Deadline(Protocol):
+    """The first-token deadline of an attempt, in the task that waits for it: it
+    cancels that task when due. A reply's watchdog is one (its shared ticker: no
+    timer of its own for each waiting stream); :class:`_Timer` is the stand-alone."""
+
+    def set(self, seconds: float) -> None:
+        """Cancel the current task ``seconds`` from now, unless cleared first."""
+
+    def clear(self) -> bool:
+        """Stop it; whether it had fired (the current task was cancelled for it)."""
+
+
+class _Timer:
+    """A :class:`Deadline` on a loop timer of its own."""
+
+    __slots__ = ("_fired", "_handle")
+
+    def __init__(self) -> None:
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    def set(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._fired = False
+        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire, task)
+
+    def _fire(self, task: asyncio.Task[object]) -> None:
+        self._fired = True
+        task.cancel()
+
+    def clear(self) -> bool:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        fired, self._fired = self._fired, False
+        return fired
+
+
+async def _first_event(route: Route, request: ChatRequest, deadline: Deadline) -> Opened:
     events = route.provider.stream(request)
+    timeout = route.config.timeouts.first_token
+    deadline.set(timeout)
     try:
-        async with asyncio.timeout(route.config.timeouts.first_token):
-            first = await anext(events)
-    except TimeoutError:
+        first = await anext(events)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        timed_out = deadline.clear() and task is not None and task.uncancel() == 0
         await close_events(events)
+        if not timed_out:
+            raise
         raise ProviderTimeout(
-            f"upstream '{route.name}' sent no token within {route.config.timeouts.first_token:g} s"
+            f"upstream '{route.name}' sent no token within {timeout:g} s"
         ) from None
     except StopAsyncIteration:
+        deadline.clear()
         raise ProviderUnavailable(f"upstream '{route.name}' ended without a reply") from None
     except BaseException:
+        deadline.clear()
         await close_events(events)
         raise
+    if deadline.clear():  # fired, but the provider took the cancellation and answered
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
     return Opened(route=route, first=first, events=events)
 
 
@@ -111,6 +162,7 @@ async def open_stream(
     on_attempt: AttemptObserver = _ignore,
     *,
     continues: bool = True,
+    deadline: Deadline | None = None,
 ) -> Opened:
     """Start a reply on the first route that delivers a first event.
 
@@ -118,15 +170,18 @@ async def open_stream(
     the requested route (``routes[0]``) has ``continue_on_fallback`` and fallbacks
     remain after the one that answered, the events continue on them
     (:func:`continuing`), unless ``continues`` is off (``continuing`` itself).
+    Each attempt's first-token timeout is ``deadline`` (a timer of its own if none).
     """
     # One coroutine for every attempt: its frame is held while the upstream works
     # on its first token, and then freed, 1,000 times at once under load.
     failures: list[ProviderError] = []
+    if deadline is None:
+        deadline = _Timer()
     for route in routes:
         request = build_request(route)
         for attempt in range(route.config.retries + 1):
             try:
-                opened = await _first_event(route, request)
+                opened = await _first_event(route, request, deadline)
             except InvalidOptions:
                 raise  # the client's own options: no upstream was asked, none will help
             except ProviderError as exc:

@@ -29,7 +29,7 @@ from gateway.errors import (
     UpstreamTimeout,
     from_provider_error,
 )
-from gateway.routing.attempts import AttemptObserver, Opened, close_events, open_stream
+from gateway.routing.attempts import AttemptObserver, Opened, open_stream
 from gateway.routing.registry import Route
 from providers.base import ChatRequest
 from providers.errors import ProviderError, ProviderUnavailable
@@ -87,9 +87,6 @@ class ReplyRecord:
     #: resolves to its response headers, or raises its refusal. The relay
     #: awaits it before the first byte goes out.
     admission: asyncio.Future[dict[str, str]] | None = None
-    #: The upstream started ahead of the producer (:meth:`start_opening`), until
-    #: :meth:`open` claims it.
-    opening: asyncio.Task[Opened] | None = None
     #: Told each upstream attempt's route and outcome (metrics).
     on_attempt: AttemptObserver = _no_attempt_observer
     started: float = field(default_factory=time.perf_counter)
@@ -137,47 +134,28 @@ class ReplyRecord:
             options=options,
         )
 
-    def start_opening(self) -> None:
-        """Start the upstream now, in a task of its own, for :meth:`open` to claim:
-        a streamed reply's handler sets up the rest (admission, log, session) while
-        the upstream works on its first token. Whoever gives up the reply before
-        claiming it calls :meth:`drop_opening`."""
-        self.opening = asyncio.ensure_future(self._open_stream())
-
-    def drop_opening(self) -> None:
-        """Stop an upstream started ahead and never claimed: cancelled while it
-        starts (it closes its stream itself), closed when it had started."""
-        opening, self.opening = self.opening, None
-        if opening is not None and not opening.cancel():
-            opening.add_done_callback(_close_opened)
-
-    def abandon(self, reason: str, error: GatewayError | None = None) -> None:
-        """Give the reply up before any producer ran it: the upstream started ahead
-        stops, and the reply ends here (logged, settled, its metrics balanced)."""
-        self.drop_opening()
-        self.end(reason, error)
-
     def _open_stream(self) -> Coroutine[Any, Any, Opened]:
         # The coroutine itself, not one awaiting it: a frame less while it works.
         return open_stream(self.routes, self.build_request, self.on_attempt)
 
     async def open(self) -> Opened:
-        """Start the upstream (retries, fallbacks), or claim the one started ahead,
-        and bind the route to the logs.
+        """Start the upstream (retries, fallbacks), and bind the route to the logs.
 
         Raises :class:`GatewayError` when no route delivered a first event.
         """
-        opening, self.opening = self.opening, None
         try:
-            # Cancelled while it waits, the opening task is cancelled with it.
-            opened = await (opening if opening is not None else self._open_stream())
+            opened = await self._open_stream()
         except ProviderError as exc:
             raise from_provider_error(exc) from None
+        self.opened(opened)
+        return opened
+
+    def opened(self, opened: Opened) -> None:
+        """The route that delivered the first event: the record's, and the logs'."""
         self.route = opened.route
         structlog.contextvars.bind_contextvars(
             route=opened.route.name, provider=opened.route.provider_kind
         )
-        return opened
 
     def apply(self, event: StreamEvent) -> None:
         """Record one provider event (the relay inlines text tokens instead)."""
@@ -333,13 +311,6 @@ class ReplyRecord:
         """Seconds from the request to its end (or now)."""
         end = self.ended_at if self.ended_at is not None else time.perf_counter()
         return end - self.started
-
-
-def _close_opened(opening: asyncio.Task[Opened]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        # Unreferenced but scheduled: the loop holds the task until its first step,
-        # and closing a provider's stream (its ``finally``) completes in that step.
-        asyncio.ensure_future(close_events(opening.result().events))  # noqa: RUF006
 
 
 def finish_end_reason(finish: FinishReason) -> str:

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from gateway.dialects.base import Encoder
 from gateway.errors import GatewayError, ReplyCancelled, from_provider_error
-from gateway.routing.attempts import Opened, close_events
+from gateway.routing.attempts import Opened, close_events, open_stream
 from gateway.streaming.record import ReplyRecord, end_reason, shutdown_error
 from gateway.streaming.replylog import Ended, ReplyLog, Sequencer
 from gateway.streaming.watchdog import Ticker, Watchdog
@@ -46,58 +46,84 @@ from providers.events import Finish, StreamEvent, TextDelta, TokenCount, ToolCal
 
 log = structlog.get_logger("tokenpipe.relay")
 
-#: ``GatewayState.track``: counts the reply as in flight while inside.
-Track = Callable[[ReplyRecord], AbstractContextManager[None]]
+#: ``GatewayState.track``: counts the reply as in flight (produced by the task) while inside.
+Track = Callable[[ReplyRecord, "asyncio.Task[None]"], AbstractContextManager[None]]
 
 
 class StreamSession:
     """One reply's producer; see the module docstring."""
 
     def __init__(
+        self, record: ReplyRecord, *, track: Track, heartbeat: float, ticker: Ticker
+    ) -> None:
+        # Made before the upstream is asked, so as little as can be: the rest comes
+        # with :meth:`set_up`, while the upstream works on its first token.
+        self.record = record
+        self._track = track
+        #: The reply counted in flight, from :meth:`set_up` to the producer's end.
+        self._tracking: AbstractContextManager[None] | None = None
+        #: The creating response, while attached (from :meth:`set_up`).
+        self.primary: EventStream | None = None
+        self._http_request: web.Request | None = None
+        self._response: web.StreamResponse | None = None
+        self._background = False
+        self._grace = 0.0
+        self.watchdog = Watchdog(None, heartbeat=heartbeat, cut=self._on_cut, ticker=ticker)
+        #: Why this session cancelled its own task, when it did.
+        self._cut: Exception | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
+        #: Resolved by :meth:`set_up`; cancelled by :meth:`abandon`.
+        self._ready: asyncio.Future[None] = loop.create_future()
+        #: Resolved when the primary is done with: its response, or the error to answer
+        #: as JSON (raised). The handler awaits it; cancelled with the handler.
+        self._primary_done: asyncio.Future[web.StreamResponse] = loop.create_future()
+
+    def set_up(
         self,
         http_request: web.Request | None,
-        record: ReplyRecord,
         encoder: Encoder,
         *,
         reply_log: ReplyLog,
-        heartbeat: float,
         send_timeout: float,
         headers: dict[str, str],
-        track: Track,
-        ticker: Ticker,
         retry_ms: int = 1000,
         background: bool = False,
         detach_grace: float = 0.0,
         ids: bool = True,
     ) -> None:
-        self.record = record
+        """The rest of the session, made while the upstream starts (:meth:`start`
+        came first); the producer goes on from its first event once this is done."""
         self.encoder = encoder
         self.reply_log = reply_log
         self.sequencer = Sequencer(encoder, retry_ms=retry_ms, ids=ids)
-        #: The creating response, while attached.
-        self.primary: EventStream | None = None
         if http_request is not None:
             self.primary = EventStream(
                 http_request, headers=headers, send_timeout=send_timeout, hold_headers=True
             )
+            self._response = self.primary.response
+            self.watchdog.attach(self.primary)
+            self._primary_done.add_done_callback(self._handler_done)
         self._http_request = http_request
-        self._track = track
         self._background = background
         self._grace = detach_grace
-        self.watchdog = Watchdog(self.primary, heartbeat=heartbeat, cut=self._on_cut, ticker=ticker)
-        #: Why this session cancelled its own task, when it did.
-        self._cut: Exception | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._grace_timer: asyncio.TimerHandle | None = None
-        #: Resolved when the primary is done with: its response, or the error to answer
-        #: as JSON (raised). The handler awaits it; cancelled with the handler.
-        self._primary_done: asyncio.Future[web.StreamResponse] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._primary_done.add_done_callback(self._handler_done)
-        self._response = self.primary.response if self.primary is not None else None
-        record.observers.append(self._log_end)
+        self.record.observers.append(self._log_end)
         reply_log.on_cancel = self.cancel
+        assert self._task is not None, "start() comes first"
+        self._tracking = self._track(self.record, self._task)
+        self._tracking.__enter__()
+        self.watchdog.arm()
+        self._ready.set_result(None)
+
+    def abandon(self, reason: str, error: GatewayError | None = None) -> None:
+        """Give the reply up before :meth:`set_up` (the handler failed, or the client
+        left): the upstream started ahead stops, and the reply ends here (logged,
+        settled, its metrics balanced)."""
+        self._ready.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        self.record.end(reason, error)
 
     @property
     def keeps_running(self) -> bool:
@@ -105,7 +131,8 @@ class StreamSession:
         return self._background or self._grace > 0
 
     def start(self) -> asyncio.Task[None]:
-        """Start the producer task."""
+        """Start the producer task: its first step asks the upstream, before
+        :meth:`set_up` (one task a reply, from its first request to its end)."""
         self._task = asyncio.create_task(self._produce())
         return self._task
 
@@ -118,7 +145,6 @@ class StreamSession:
         loop is closing) cancels it, which nothing else awaits (see ``_handler_done``).
         """
         assert self.primary is not None
-        self.start()
         return self._primary_done
 
     def cancel(self) -> None:
@@ -132,37 +158,39 @@ class StreamSession:
         # between the task and the upstream's reader (about 0.5 % CPU per token each).
         task = asyncio.current_task()
         assert task is not None
-        with self._track(self.record):
-            self.watchdog.arm()
+        try:
+            outcome: Exception | None = None
             try:
-                outcome: Exception | None = None
+                opened = await self._open()
                 try:
-                    opened = await self._open()
-                    try:
-                        await self._relay(opened)
-                    except ProviderError as exc:
-                        raise from_provider_error(exc) from None
-                    finally:
-                        await close_events(opened.events)
-                except asyncio.CancelledError:
-                    if self.record.shutting_down:
-                        self._cut = shutdown_error()
-                    if self._cut is None:
-                        raise
-                    task.uncancel()
-                    outcome = self._cut
-                except Exception as exc:
-                    outcome = exc
-                self.watchdog.disarm()
-                await self._finish(outcome)
-            except asyncio.CancelledError:  # the loop is closing
-                self.record.end(self._cancel_reason())
-                raise
-            finally:
-                self.watchdog.stop()
-                if self._grace_timer is not None:
-                    self._grace_timer.cancel()
-                self._release_primary(None)
+                    await self._relay(opened)
+                except ProviderError as exc:
+                    raise from_provider_error(exc) from None
+                finally:
+                    await close_events(opened.events)
+            except asyncio.CancelledError:
+                if self._ready.cancelled():
+                    raise  # abandoned before its set-up: the handler ended the reply
+                if self.record.shutting_down:
+                    self._cut = shutdown_error()
+                if self._cut is None:
+                    raise
+                task.uncancel()
+                outcome = self._cut
+            except Exception as exc:
+                outcome = exc
+            self.watchdog.disarm()
+            await self._finish(outcome)
+        except asyncio.CancelledError:  # the loop is closing, or abandoned
+            self.record.end(self._cancel_reason())
+            raise
+        finally:
+            self.watchdog.stop()
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            self._release_primary(None)
+            if self._tracking is not None:
+                self._tracking.__exit__(None, None, None)
 
     async def _finish(self, outcome: Exception | None) -> None:
         record = self.record
@@ -191,13 +219,11 @@ class StreamSession:
         self._cancel_with(reason)
 
     def _cancel_with(self, reason: Exception) -> None:
+        # After ``set_up``: the task is past its first step (``start`` came first,
+        # and the handler yielded twice), so its own handling ends the reply.
         if self._cut is None and self._task is not None and not self._task.done():
             self._cut = reason
             self._task.cancel()
-            if self.record.opening is not None:
-                # Not started (its first step claims the upstream started ahead), so
-                # none of it runs: the reply ends here, as the producer would have.
-                self.record.abandon(_cut_reason(reason))
 
     def _cancel_reason(self) -> str:
         transport = self._http_request.transport if self._http_request else None
@@ -279,25 +305,35 @@ class StreamSession:
         self.reply_log.append(Ended(error=error.body()["error"]))
 
     async def _open(self) -> Opened:
-        """Start the upstream, and wait for an admission still in flight."""
-        admission = self.record.admission
+        """Start the upstream (retries, fallbacks), then wait for the set-up and an
+        admission still in flight: nothing goes out before either."""
+        record = self.record
         try:
-            opened = await self.record.open()
-        except Exception:
-            if admission is not None:
-                await _refusal_first(admission)
+            # Here, not in ``ReplyRecord.open``: a frame less while the upstream works.
+            opened = await open_stream(
+                record.routes, record.build_request, record.on_attempt, deadline=self.watchdog
+            )
+        except BaseException as exc:
+            await self._ready  # abandoned meanwhile: cancelled, and the handler ended it
+            if record.admission is not None and isinstance(exc, Exception):
+                await _refusal_first(record.admission)
+            if isinstance(exc, ProviderError):
+                raise from_provider_error(exc) from None
             raise
-        if admission is not None:
-            # Reserved while the upstream started: nothing goes out before it
-            # answers; a refusal is the response (429/503), as if it came first.
-            try:
+        try:
+            await self._ready
+            record.opened(opened)
+            admission = record.admission
+            if admission is not None:
+                # Reserved while the upstream started: a refusal is the response
+                # (429/503), as if it came first.
                 headers = await asyncio.shield(admission)
-            except BaseException:
-                await close_events(opened.events)
-                raise
-            self.record.admission = None  # done with: its task and headers go
-            if self.primary is not None:
-                self.primary.response.headers.update(headers)
+                record.admission = None  # done with: its task and headers go
+                if self.primary is not None:
+                    self.primary.response.headers.update(headers)
+        except BaseException:
+            await close_events(opened.events)
+            raise
         return opened
 
     # Everything per token happens in the relay.
@@ -382,14 +418,6 @@ class StreamSession:
                 self._lost(exc)
                 return
             await primary.close()
-
-
-def _cut_reason(reason: Exception) -> str:
-    if isinstance(reason, ClientGone):
-        return "client_gone"
-    if isinstance(reason, SendTimeout):
-        return "send_timeout"
-    return end_reason(reason)
 
 
 async def _refusal_first(admission: asyncio.Future[dict[str, str]]) -> None:

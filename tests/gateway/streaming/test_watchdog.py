@@ -57,3 +57,49 @@ async def test_a_finished_stream_leaves_nothing_in_the_ticker() -> None:
     assert len(ticker) == 0
     await asyncio.sleep(0.1)
     assert cuts == []
+
+
+async def test_a_first_token_deadline_cancels_its_task_and_says_it_fired() -> None:
+    """The watchdog as an attempt's first-token deadline (``attempts.Deadline``): on
+    the shared ticker, never early; the task it cancelled is left uncancelled."""
+    ticker = Ticker(resolution=0.05)
+    dog = Watchdog(None, heartbeat=60.0, cut=lambda exc: None, ticker=ticker)
+    loop = asyncio.get_running_loop()
+    waited: list[float] = []
+
+    async def attempt() -> bool:
+        dog.set(0.12)
+        started = loop.time()
+        try:
+            await loop.create_future()  # an upstream that never answers
+        except asyncio.CancelledError:
+            waited.append(loop.time() - started)
+            task = asyncio.current_task()
+            assert task is not None
+            return dog.clear() and task.uncancel() == 0
+        return False
+
+    task = asyncio.create_task(attempt())
+    async with asyncio.timeout(10):
+        assert await task
+    assert waited[0] >= 0.12
+    assert not task.cancelled()
+    dog.stop()
+    assert len(ticker) == 0
+
+
+async def test_a_cleared_first_token_deadline_cancels_nothing() -> None:
+    ticker = Ticker(resolution=0.05)
+    dog = Watchdog(None, heartbeat=60.0, cut=lambda exc: None, ticker=ticker)
+
+    async def attempt() -> bool:
+        dog.set(0.05)
+        await asyncio.sleep(0)  # the first event came at once
+        fired = dog.clear()
+        await asyncio.sleep(0.2)  # past the deadline: nothing cancels this
+        return fired
+
+    async with asyncio.timeout(10):
+        assert await asyncio.create_task(attempt()) is False
+    dog.stop()
+    assert len(ticker) == 0
