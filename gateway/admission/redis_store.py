@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.admission import redis_scripts
 from gateway.admission.memory_store import ENDED_GRACE_SECONDS, oldest_day_kept, utc_day
@@ -55,6 +55,7 @@ from gateway.admission.store import (
     UsageRecord,
     empty_usage,
 )
+from gateway.redis_channel import ScriptChannel
 from gateway.redis_client import redis_client
 
 log = structlog.get_logger("tokenpipe.admission")
@@ -115,6 +116,12 @@ class RedisStore:
             health_check_interval=30,
         )
         self._admit = self._redis.register_script(redis_scripts.ADMIT)
+        #: The admission's own connection (``gateway.redis_channel``), except over TLS.
+        self._channel = (
+            ScriptChannel(url, connect_timeout=connect_timeout)
+            if ScriptChannel.serves(url)
+            else None
+        )
         self._debit = self._redis.register_script(redis_scripts.DEBIT)
         self._settle = self._redis.register_script(redis_scripts.SETTLE)
         self._renew = self._redis.register_script(redis_scripts.RENEW)
@@ -158,6 +165,26 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 return await script(keys=self._keys(name), args=args)
 
+    async def _run_admit(self, name: str, args: Sequence[str | int]) -> Any:
+        """The admission script, on its own connection when there is one."""
+        channel = self._channel
+        if channel is None:
+            return await self._run(self._admit, name, args)
+        keys = self._keys(name)
+        with self._unavailable():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    try:
+                        return await channel.evalsha(self._admit.sha, keys, args)
+                    except ResponseError as exc:
+                        if not str(exc).startswith("NOSCRIPT"):
+                            raise
+                    # Redis does not have it (restarted empty): redis-py loads it.
+                    return await self._admit(keys=keys, args=args)
+            except TimeoutError:
+                channel.reset()  # in step no more: replies to come would be misread
+                raise
+
     async def admit(
         self, key: str, limits: Limits, reserve_tokens: int, now: float | None = None
     ) -> Admission:
@@ -171,8 +198,7 @@ class RedisStore:
                     await self._redis.expire(self._index, redis_scripts.STATE_TTL_SECONDS)
             self._indexed.add(key)
         rid = secrets.token_hex(12)
-        raw = await self._run(
-            self._admit,
+        raw = await self._run_admit(
             key,
             [
                 _arg(now),
@@ -409,6 +435,8 @@ class RedisStore:
                 self._timer = None
             if self._pending_settles:
                 log.warning("settles_lost", settles=self._pending_settles)
+            if self._channel is not None:
+                self._channel.close()
             await self._redis.aclose()
 
 

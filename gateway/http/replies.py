@@ -119,19 +119,22 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             record, track=state.track, heartbeat=settings.heartbeat_seconds, ticker=state.ticker
         )
         session.start()
+        inline = ahead is not None and state.gate.instant and not is_large(inbound.messages)
+        if ahead is not None and not inline:
+            # In a task of its own (Redis, or a prompt counted in a thread), started
+            # now: its first step (the command to Redis) runs right after the reply's
+            # (the upstream request), so the round trip overlaps the upstream's.
+            record.admission = _admit_ahead(state.gate, ahead, record, cap)
         try:
-            # Two turns of the loop: the task runs to its upstream request, then that
-            # is written. Admission starts in between: after the upstream request,
-            # and with it its own round trip (Redis); then the rest overlaps both.
+            # Two turns of the loop: the task runs to its upstream request, then the
+            # rest is set up while the upstream (and Redis) work on their answers.
             await asyncio.sleep(0)
-            if ahead is not None:
-                if state.gate.instant and not is_large(inbound.messages):
-                    # In process: the answer is here at once (a refusal is the
-                    # response, and the upstream started ahead is dropped).
-                    ticket = _admit_now(state.gate, ahead, record, cap)
-                    headers.update(ticket.take_headers())
-                else:
-                    record.admission = _admit_ahead(state.gate, ahead, record, cap)
+            if inline:
+                # In process: the answer is here at once (a refusal is the response,
+                # and the upstream started ahead is dropped).
+                assert ahead is not None
+                ticket = _admit_now(state.gate, ahead, record, cap)
+                headers.update(ticket.take_headers())
             await asyncio.sleep(0)
             # Streamed and background replies go into a reply log: resumable, cancellable.
             meta = ReplyMeta(
@@ -216,25 +219,40 @@ def _admit_ahead(
     gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None
 ) -> asyncio.Future[dict[str, str]]:
     """Admission in a task, while the upstream starts (``Gate.admits_ahead``): the
-    relay waits for it before the first byte. Admitted after the reply already
-    ended (it failed or the client left meanwhile), the reservation is settled
-    at once."""
+    relay waits for its answer (the response headers, or the refusal) before the
+    first byte. The answer is a future of its own, resolved by the task's last
+    step: the relay resumes one turn of the loop sooner than on the task's end, and
+    a relay that gives up cancels the answer, never the task (a reservation made
+    must be settled). Admitted after the reply already ended (it failed or the
+    client left meanwhile), the reservation is settled at once."""
+    answer: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
 
-    async def admit() -> dict[str, str]:
-        ticket = await _admit(gate, identity, record, cap)
+    async def admit() -> None:
+        try:
+            ticket = await _admit(gate, identity, record, cap)
+        except asyncio.CancelledError:
+            answer.cancel()
+            raise
+        except BaseException as exc:
+            if not answer.done():
+                answer.set_exception(exc)
+            return
         if record.ended_at is not None:
             ticket.settle(record)
-        return ticket.take_headers()
+        if not answer.done():
+            answer.set_result(ticket.take_headers())
 
-    task = asyncio.ensure_future(admit())
-    task.add_done_callback(_retrieved)
-    return task
+    answer.add_done_callback(_retrieved)
+    # The loop holds the task while it waits (its reply's future has it as a
+    # callback), and the answer is what the reply keeps.
+    asyncio.ensure_future(admit())  # noqa: RUF006
+    return answer
 
 
-def _retrieved(task: asyncio.Future[dict[str, str]]) -> None:
+def _retrieved(answer: asyncio.Future[dict[str, str]]) -> None:
     # A refusal nobody awaited (the reply ended first) is not an error to report.
-    if not task.cancelled():
-        task.exception()
+    if not answer.cancelled():
+        answer.exception()
 
 
 def handler(dialect: Dialect) -> Handler:

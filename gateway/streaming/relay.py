@@ -327,8 +327,10 @@ class StreamSession:
             if admission is not None:
                 # Reserved while the upstream started: a refusal is the response
                 # (429/503), as if it came first.
-                headers = await asyncio.shield(admission)
-                record.admission = None  # done with: its task and headers go
+                # Not shielded: the answer is a future of its own, and cancelling it
+                # leaves the admission's task to run to its end (and settle).
+                headers = await admission
+                record.admission = None  # done with: its headers go
                 if self.primary is not None:
                     self.primary.response.headers.update(headers)
         except BaseException:
@@ -424,7 +426,7 @@ async def _refusal_first(admission: asyncio.Future[dict[str, str]]) -> None:
     """The upstream failed to start while admission was in flight: its refusal
     (which would have come first) wins; otherwise the caller's error stands."""
     try:
-        await asyncio.shield(admission)
+        await admission
     except GatewayError:
         raise
     except Exception:
