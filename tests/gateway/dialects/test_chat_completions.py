@@ -13,6 +13,7 @@ from gateway.errors import UpstreamError
 from gateway.streaming import framer
 from providers.events import ToolCallDelta
 
+_CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 TEXTS = ["hi", "", " multi\nline\r\n", 'quote " and \\ backslash', "😀 中文", "\u2028\u0000"]
 
 
@@ -100,3 +101,34 @@ def test_passthrough_params_are_the_dump_of_what_was_sent(extra: dict[str, Any])
     assert request.passthrough_params() == dumped
     assert request.inbound.params == dumped
     assert request.inbound.messages == [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x", "name": "a"}],
+        [{"role": "user", "content": "hi", "name": None}],  # a null: dumped without it
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        [{"content": "k", "role": "user", "refusal": "r"}],  # key order and an extra
+        [
+            {"role": "assistant", "content": None, "tool_calls": [_CALL]},
+            {"role": "tool", "content": "42", "tool_call_id": "c1"},
+        ],
+    ],
+)
+def test_inbound_messages_are_the_validated_dump(messages: list[dict[str, Any]]) -> None:
+    """Messages of strings only are taken as sent, the others are dumped: the
+    provider gets the same dicts either way."""
+    request = parse_request(orjson.dumps({"model": "m", "messages": messages}))
+    expected = [m.model_dump(exclude_none=True) for m in request.messages]
+    assert request.inbound.messages == expected
+
+
+def test_messages_of_a_body_only_pydantic_reads_are_dumped_not_a_500() -> None:
+    """Regression: pydantic reads ``Infinity`` and ``NaN``, orjson does not; taking
+    the messages as sent raised from orjson (a 500 in tests/gateway/http's
+    test_retry_after_infinity_is_a_400_not_a_500)."""
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "extra": Infinity}'
+    request = parse_request(body)
+    assert request.inbound.messages == [{"role": "user", "content": "x"}]
