@@ -13,7 +13,7 @@ OpenAI's codes and ``x-ratelimit-*`` headers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -103,8 +103,8 @@ class Ticket:
     gate: Gate
     identity: Identity
     reservation: Reservation | None
-    #: OpenAI's ``x-ratelimit-*`` headers for the response.
-    headers: dict[str, str] = field(default_factory=dict)
+    #: What OpenAI's ``x-ratelimit-*`` headers of the response say, until taken.
+    admission: Admission | None = None
     #: The prompt's tokens, charged with the first debit.
     prompt_tokens: int = 0
     debited: int = 0
@@ -112,10 +112,11 @@ class Ticket:
     settled: bool = False
 
     def take_headers(self) -> dict[str, str]:
-        """The response's headers, handed over once: the ticket lives as long as the
-        reply, and an open stream need not hold a second copy of them."""
-        headers, self.headers = self.headers, {}
-        return headers
+        """The response's ``x-ratelimit-*`` headers, made when asked, once: a stream
+        asks right before its headers go out, so the six strings are not held (and
+        then freed, in holes between other streams' objects) while it starts."""
+        admission, self.admission = self.admission, None
+        return {} if admission is None else ratelimit_headers(admission)
 
     async def debit(self, delivered: int) -> None:
         """Charge tokens delivered so far; raises :class:`QuotaExceeded` when the
@@ -239,12 +240,11 @@ class Gate:
 
     def _ticket(self, identity: Identity, admission: Admission, reserve_tokens: int) -> Ticket:
         self._room[identity.name] = _has_room(admission, reserve_tokens)
-        headers = ratelimit_headers(admission)
         if not admission.admitted:
             limit = _LIMIT_OF_REASON.get(admission.reason or "", ("requests", "rpm"))
             log.info("rate_limited", key=identity.name, limit=limit[1])
-            raise _refusal(identity, admission, headers)
-        return Ticket(self, identity, admission.reservation, headers)
+            raise _refusal(identity, admission, ratelimit_headers(admission))
+        return Ticket(self, identity, admission.reservation, admission)
 
     async def aclose(self) -> None:
         """Close the store (it sends the settles it has queued first)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -90,6 +91,8 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         headers: dict[str, str] = {REQUEST_ID: request_id}
         #: The identity to admit while the upstream starts, when it may be.
         ahead: Identity | None = None
+        #: A stream's ``x-ratelimit-*`` headers, made right before its headers go out.
+        late_headers: Callable[[], dict[str, str]] | None = None
         cap = routes[0].config.max_tokens_cap
         if identity is not None:
             record.key = identity.name
@@ -98,7 +101,10 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 ahead = identity
             else:
                 ticket = await _admit(state.gate, identity, record, cap)
-                headers.update(ticket.take_headers())
+                if inbound.stream:
+                    late_headers = ticket.take_headers
+                else:
+                    headers.update(ticket.take_headers())
         if settings.metrics:
             state.metrics.stream_started()
             state.live.stream_started()
@@ -125,6 +131,8 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             # now: its first step (the command to Redis) runs right after the reply's
             # (the upstream request), so the round trip overlaps the upstream's.
             record.admission = _admit_ahead(state.gate, ahead, record, cap)
+            # A ping before the first token opens the stream: with them, once answered.
+            late_headers = functools.partial(_answered_headers, record.admission)
         try:
             # Two turns of the loop: the task runs to its upstream request, then the
             # rest is set up while the upstream (and Redis) work on their answers.
@@ -133,8 +141,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 # In process: the answer is here at once (a refusal is the response,
                 # and the upstream started ahead is dropped).
                 assert ahead is not None
-                ticket = _admit_now(state.gate, ahead, record, cap)
-                headers.update(ticket.take_headers())
+                late_headers = _admit_now(state.gate, ahead, record, cap).take_headers
             await asyncio.sleep(0)
             # Streamed and background replies go into a reply log: resumable, cancellable.
             meta = ReplyMeta(
@@ -158,6 +165,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 reply_log=reply_log,
                 send_timeout=settings.send_timeout_seconds,
                 headers=headers,
+                late_headers=late_headers,
                 retry_ms=settings.resume_retry_ms,
                 background=inbound.background,
                 detach_grace=settings.detach_grace_seconds,
@@ -247,6 +255,14 @@ def _admit_ahead(
     # callback), and the answer is what the reply keeps.
     asyncio.ensure_future(admit())  # noqa: RUF006
     return answer
+
+
+def _answered_headers(answer: asyncio.Future[dict[str, str]]) -> dict[str, str]:
+    """The headers of an admission that answered by now (else none: the relay adds
+    them once it has its answer, before the first token)."""
+    if answer.done() and not answer.cancelled() and answer.exception() is None:
+        return answer.result()
+    return {}
 
 
 def _retrieved(answer: asyncio.Future[dict[str, str]]) -> None:

@@ -88,6 +88,7 @@ class StreamSession:
         reply_log: ReplyLog,
         send_timeout: float,
         headers: dict[str, str],
+        late_headers: Callable[[], dict[str, str]] | None = None,
         retry_ms: int = 1000,
         background: bool = False,
         detach_grace: float = 0.0,
@@ -100,7 +101,11 @@ class StreamSession:
         self.sequencer = Sequencer(encoder, retry_ms=retry_ms, ids=ids)
         if http_request is not None:
             self.primary = EventStream(
-                http_request, headers=headers, send_timeout=send_timeout, hold_headers=True
+                http_request,
+                headers=headers,
+                late_headers=late_headers,
+                send_timeout=send_timeout,
+                hold_headers=True,
             )
             self._response = self.primary.response
             self.watchdog.attach(self.primary)
@@ -328,11 +333,10 @@ class StreamSession:
                 # Reserved while the upstream started: a refusal is the response
                 # (429/503), as if it came first.
                 # Not shielded: the answer is a future of its own, and cancelling it
-                # leaves the admission's task to run to its end (and settle).
-                headers = await admission
-                record.admission = None  # done with: its headers go
-                if self.primary is not None:
-                    self.primary.response.headers.update(headers)
+                # leaves the admission's task to run to its end (and settle). Its
+                # headers go out with the stream's (``EventStream``'s late headers).
+                await admission
+                record.admission = None
         except BaseException:
             await close_events(opened.events)
             raise

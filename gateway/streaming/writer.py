@@ -7,6 +7,7 @@ Framing is :mod:`gateway.streaming.framer`'s; this module only moves framed byte
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import hdrs, web
 from multidict import istr
@@ -65,6 +66,7 @@ class EventStream:
     __slots__ = (
         "_chunked",
         "_flush_handle",
+        "_late_headers",
         "_loop",
         "_opening",
         "_pending",
@@ -84,8 +86,11 @@ class EventStream:
         headers: dict[str, str],
         send_timeout: float,
         hold_headers: bool = False,
+        late_headers: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self._request = request
+        #: More headers, made at :meth:`open` (a stream's rate-limit headers).
+        self._late_headers = late_headers
         # ``hold_headers``: the caller opens right before its first event (the relay),
         # so both leave in one write; else (a resumed reader or the dashboard, which
         # may wait a while for their first event) the headers go at ``open()``.
@@ -117,6 +122,9 @@ class EventStream:
         self._opening = self._loop.create_future()
         self.opened = True
         self.last_write = self._loop.time()
+        late, self._late_headers = self._late_headers, None
+        if late is not None:
+            self._response.headers.update(late())
         try:
             await self._response.prepare(self._request)
         except (ConnectionResetError, RuntimeError) as exc:

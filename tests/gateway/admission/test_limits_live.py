@@ -133,6 +133,39 @@ async def test_rpm_refuses_with_openai_headers(
     assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
+@pytest.mark.parametrize("first_token_ms", [0, 700], ids=["with-the-first-token", "by-a-ping"])
+async def test_a_stream_sends_its_rate_limit_headers_however_it_opens(
+    make_gateway: MakeGateway, store_settings: dict[str, Any], first_token_ms: int
+) -> None:
+    """A streamed reply's ``x-ratelimit-*`` headers are made right before its headers
+    go out: with its first token, or with a keep-alive ping sent while the upstream
+    is still working on it."""
+    url = await make_gateway(
+        auth=auth(rpm=50, tpm=100_000), heartbeat_seconds=0.2, **store_settings
+    )
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    body = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "max_tokens": 3,
+        "fake": {"ttft_ms": first_token_ms},
+    }
+    async with aiohttp.ClientSession() as session:
+        for expected in (49, 48):
+            async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as r:
+                assert r.status == 200
+                assert r.headers["x-ratelimit-limit-requests"] == "50"
+                assert r.headers["x-ratelimit-remaining-requests"] == str(expected)
+                assert r.headers["x-ratelimit-limit-tokens"] == "100000"
+                assert int(r.headers["x-ratelimit-remaining-tokens"]) < 100_000
+                assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+                raw = await r.read()
+            assert raw.rstrip().endswith(b"data: [DONE]")
+            if first_token_ms:
+                assert raw.startswith(b":")  # the ping opened the stream
+
+
 async def test_max_streams_is_429_too_many_streams(
     make_gateway: MakeGateway, store_settings: dict[str, Any]
 ) -> None:
