@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -299,3 +300,21 @@ async def test_a_queued_debit_then_an_awaited_one_charge_both(store: StateStore)
 )
 def test_format_reset(seconds: float, text: str) -> None:
     assert format_reset(seconds) == text
+
+
+def _format_reset_by_rounding(seconds: float) -> str:
+    """The first definition of ``format_reset`` (rounding to 6 digits, then up)."""
+    millis = max(0, math.ceil(round(seconds * 1000, 6)))
+    if millis < 1000:
+        return f"{millis}ms"
+    minutes, millis = divmod(millis, 60_000)
+    secs = f"{millis / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def test_format_reset_writes_what_rounding_first_wrote() -> None:
+    """The faster arithmetic (it runs on every stream's first-token path) gives the
+    text of the first definition, float noise included, over a dense grid."""
+    grid = [k / 10_000 for k in range(0, 4_000_000, 7)] + [0.02, 0.0200000001, 59.9999, 1e-9]
+    for seconds in grid:
+        assert format_reset(seconds) == _format_reset_by_rounding(seconds), seconds
