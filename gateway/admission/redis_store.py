@@ -160,29 +160,30 @@ class RedisStore:
             self._indexed.clear()
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
-    async def _run(self, script: Any, name: str, args: Sequence[str | int]) -> Any:
-        with self._unavailable():
-            async with asyncio.timeout(self._timeout):
-                return await script(keys=self._keys(name), args=args)
-
-    async def _run_admit(self, name: str, args: Sequence[str | int]) -> Any:
-        """The admission script, on its own connection when there is one."""
-        channel = self._channel
-        if channel is None:
-            return await self._run(self._admit, name, args)
+    async def _run(
+        self,
+        script: Any,
+        name: str,
+        args: Sequence[str | int],
+        channel: ScriptChannel | None = None,
+    ) -> Any:
+        """Run ``script`` on ``name``'s keys; on ``channel`` when given (the admission:
+        ``gateway.redis_channel``), else through redis-py."""
         keys = self._keys(name)
         with self._unavailable():
             try:
                 async with asyncio.timeout(self._timeout):
-                    try:
-                        return await channel.evalsha(self._admit.sha, keys, args)
-                    except ResponseError as exc:
-                        if not str(exc).startswith("NOSCRIPT"):
-                            raise
-                    # Redis does not have it (restarted empty): redis-py loads it.
-                    return await self._admit(keys=keys, args=args)
+                    if channel is not None:
+                        try:
+                            return await channel.evalsha(script.sha, keys, args)
+                        except ResponseError as exc:
+                            if not str(exc).startswith("NOSCRIPT"):
+                                raise
+                        # Redis does not have it (restarted empty): redis-py loads it.
+                    return await script(keys=keys, args=args)
             except TimeoutError:
-                channel.reset()  # in step no more: replies to come would be misread
+                if channel is not None:
+                    channel.reset()  # in step no more: replies to come would be misread
                 raise
 
     async def admit(
@@ -198,7 +199,8 @@ class RedisStore:
                     await self._redis.expire(self._index, redis_scripts.STATE_TTL_SECONDS)
             self._indexed.add(key)
         rid = secrets.token_hex(12)
-        raw = await self._run_admit(
+        raw = await self._run(
+            self._admit,
             key,
             [
                 _arg(now),
@@ -211,6 +213,7 @@ class RedisStore:
                 _arg(limits.max_streams),
                 _arg(limits.budget_tokens),
             ],
+            self._channel,
         )
         admitted = bool(raw[0])
         reason: RefusalReason | None = raw[1] or None

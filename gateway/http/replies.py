@@ -258,8 +258,8 @@ def _admit_ahead(
 
 
 def _answered_headers(answer: asyncio.Future[dict[str, str]]) -> dict[str, str]:
-    """The headers of an admission that answered by now (else none: the relay adds
-    them once it has its answer, before the first token)."""
+    """The headers of an admission that answered by now. The relay waits for the
+    answer before its first event, so only a ping sent before it finds none."""
     if answer.done() and not answer.cancelled() and answer.exception() is None:
         return answer.result()
     return {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,17 +134,13 @@ class ReplyRecord:
             options=options,
         )
 
-    def _open_stream(self) -> Coroutine[Any, Any, Opened]:
-        # The coroutine itself, not one awaiting it: a frame less while it works.
-        return open_stream(self.routes, self.build_request, self.on_attempt)
-
     async def open(self) -> Opened:
         """Start the upstream (retries, fallbacks), and bind the route to the logs.
 
         Raises :class:`GatewayError` when no route delivered a first event.
         """
         try:
-            opened = await self._open_stream()
+            opened = await open_stream(self.routes, self.build_request, self.on_attempt)
         except ProviderError as exc:
             raise from_provider_error(exc) from None
         self.opened(opened)

@@ -117,13 +117,17 @@ class Watchdog:
         """Set the timer for the next deadline."""
         stream = self._stream
         last_write = stream.last_write if stream is not None and stream.opened else self.last_event
-        due = last_write + self._heartbeat
+        self.disarm()
+        self.due = self._ticker.add(self, self._next_due(last_write + self._heartbeat))
+
+    def _next_due(self, ping_due: float) -> float:
+        """The earliest of ``ping_due``, the idle timeout and the first-token deadline."""
+        due = ping_due
         if self.idle is not None:
             due = min(due, self.last_event + self.idle)
         if self._first_due is not None:
             due = min(due, self._first_due)
-        self.disarm()
-        self.due = self._ticker.add(self, due)
+        return due
 
     # The first-token deadline (``gateway.routing.attempts.Deadline``): on the
     # shared ticker, not an ``asyncio.timeout`` of its own for each waiting stream
@@ -181,12 +185,7 @@ class Watchdog:
         last_write = stream.last_write if stream.opened else self.last_event
         if now - last_write >= self._heartbeat and (self._ping is None or self._ping.done()):
             self._ping = asyncio.ensure_future(self._send_ping())
-            due = now + self._heartbeat
-            if self.idle is not None:
-                due = min(due, self.last_event + self.idle)
-            if self._first_due is not None:
-                due = min(due, self._first_due)
-            self.due = self._ticker.add(self, due)
+            self.due = self._ticker.add(self, self._next_due(now + self._heartbeat))
             return
         self.arm()
 
