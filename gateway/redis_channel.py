@@ -1,5 +1,7 @@
-"""One Redis connection for the command a stream's first token waits on: the
-admission's ``EVALSHA``, packed and parsed by hiredis, pipelined.
+"""One Redis connection for the scripts run on every reply: the admission's
+``EVALSHA`` (a stream's first token waits on it) and the batch that settles the
+reply after its end (it runs while the client's next request arrives), packed and
+parsed by hiredis, pipelined.
 
 Why not redis-py for it: an admission through redis-py's asyncio client costs
 about 150 us of Python on the gateway's core (its pool and connection lock, its
@@ -8,13 +10,14 @@ the upstream works on its first token, on the same core: whatever it costs beyon
 that window is added to the time to first token. Here a command is one
 ``hiredis.pack_command`` and one ``transport.write``; replies are parsed in
 ``data_received`` and handed, in order, to the futures waiting for them (see
-docs/benchmarks.md, session 10, for the figures). Everything else (batches,
-usage, the reply log) stays on redis-py.
+docs/benchmarks.md, sessions 10 and 11, for the figures). Everything else (the
+key index, usage reads, the reply log) stays on redis-py.
 
 What it does not do, and redis-py does for the rest: TLS (``rediss://``; the
 store then admits through redis-py), RESP3, retries. A command in flight when the
 connection drops fails (the store answers 503, or admits a ``fail_open`` key):
-an admission may have run, and running it twice would reserve twice. A closed
+an admission may have run, and running it twice would reserve twice; a batch
+stays queued and is sent again (a settle already applied is skipped by id). A closed
 connection is replaced by the next command. A command that times out aborts the
 connection, failing every command still in flight on it (Redis answers in order,
 so theirs would come after the late one): the connection is not left holding

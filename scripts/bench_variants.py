@@ -131,10 +131,14 @@ async def ttft_round_robin(
     targets: dict[str, bench.Target],
     servers: dict[str, bench.Server],
     rounds: int,
+    block: int = 1,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """TTFT in ms of one short stream to each target in turn, ``rounds`` times; and the
-    CPU ms per request each target's process spent on them. Back to back: a reply's
-    own wrap-up after its ``[DONE]`` may delay the next request."""
+    """TTFT in ms of ``rounds`` short streams to each target, ``block`` back to back to
+    one target before the next target's turn; and the CPU ms per request each target's
+    process spent on them. Back to back: a reply's own wrap-up after its ``[DONE]`` may
+    delay the next request. ``block=1`` asks each target in turn, so each request finds
+    its process's caches cooled by the others on its core; a large ``block`` is the
+    proxy alone on its core, asked one request after another."""
     got: dict[str, list[float]] = {name: [] for name in targets}
     names = list(targets)
     bodies = {name: t.body(5, 0.0) for name, t in targets.items()}
@@ -145,15 +149,17 @@ async def ttft_round_robin(
         # Each process's whole CPU over the phase: a reply's wrap-up after its [DONE]
         # (which may run while another target is asked) is counted too.
         cpu = {name: servers[name].cpu_seconds() for name in names}
-        for i in range(rounds):
+        for i in range(max(1, rounds // block)):
             shift = i % len(names)
             for name in names[shift:] + names[:shift]:
-                result = await bench.read_stream(session, targets[name], bodies[name])
-                if result.ttft is not None and result.done:
-                    got[name].append(result.ttft * 1000)
+                for _ in range(block):
+                    result = await bench.read_stream(session, targets[name], bodies[name])
+                    if result.ttft is not None and result.done:
+                        got[name].append(result.ttft * 1000)
     await asyncio.sleep(0.2)  # the last wrap-up
     spent = {name: servers[name].cpu_seconds() - cpu[name] for name in names}
-    return got, {name: seconds * 1000 / rounds for name, seconds in spent.items()}
+    asked = max(1, rounds // block) * block
+    return got, {name: seconds * 1000 / asked for name, seconds in spent.items()}
 
 
 async def load(
@@ -183,6 +189,13 @@ def main() -> None:
     parser.add_argument("--variants", type=_variants, default=_variants("bare,default,keys"))
     parser.add_argument("--only", default=",".join(MEASURES), help="ttft,paced,held")
     parser.add_argument("--ttft", type=int, default=300, help="rounds of the TTFT measure")
+    parser.add_argument(
+        "--ttft-block",
+        type=int,
+        default=1,
+        help="TTFT requests sent back to back to one target before the next one's turn"
+        " (1: each in turn; 50: each proxy alone on its core, as a single-proxy benchmark)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the paced measure")
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument("--held", type=int, default=1000, help="streams held open")
@@ -255,13 +268,17 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
         }
         results: dict[str, Any] = {name: {} for name in servers}
         if "ttft" in measures:
-            print(f"ttft: {args.ttft} rounds over direct + {', '.join(servers)}")
+            print(
+                f"ttft: {args.ttft} rounds in blocks of {args.ttft_block}"
+                f" over direct + {', '.join(servers)}"
+            )
             direct = bench.Target("direct", upstream.base_url, "bench", False)
             got, cpu = asyncio.run(
                 ttft_round_robin(
                     {"direct": direct, **targets},
                     {"direct": upstream, **servers},
                     args.ttft,
+                    args.ttft_block,
                 )
             )
             direct_p50 = statistics.median(got.pop("direct"))

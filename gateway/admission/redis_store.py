@@ -116,7 +116,8 @@ class RedisStore:
             health_check_interval=30,
         )
         self._admit = self._redis.register_script(redis_scripts.ADMIT)
-        #: The admission's own connection (``gateway.redis_channel``), except over TLS.
+        #: The connection admissions and batches run on (``gateway.redis_channel``),
+        #: except over TLS.
         self._channel = (
             ScriptChannel(url, connect_timeout=connect_timeout)
             if ScriptChannel.serves(url)
@@ -167,8 +168,8 @@ class RedisStore:
         args: Sequence[str | int],
         channel: ScriptChannel | None = None,
     ) -> Any:
-        """Run ``script`` on ``name``'s keys; on ``channel`` when given (the admission:
-        ``gateway.redis_channel``), else through redis-py."""
+        """Run ``script`` on ``name``'s keys; on ``channel`` when given (admissions
+        and batches: ``gateway.redis_channel``), else through redis-py."""
         keys = self._keys(name)
         with self._unavailable():
             try:
@@ -370,7 +371,7 @@ class RedisStore:
             for rid, (actual, usage) in done.items():
                 args += (rid, actual, usage.prompt_tokens, usage.completion_tokens, usage.model)
             try:
-                await self._run(self._batch, name, args)
+                await self._run(self._batch, name, args, self._channel)
             except StoreUnavailable as exc:
                 if renew:
                     self._next_renew = 0.0
