@@ -175,7 +175,8 @@ async def test_a_batch_after_redis_restarted_empty_loads_its_script(
             admission = await store.admit("k", Limits(rpm=100), 10)
         except StoreUnavailable:
             await asyncio.sleep(0.05)
-    assert admission is not None and admission.reservation is not None
+    assert admission is not None
+    assert admission.reservation is not None
     client = Redis.from_url(redis_server.url, decode_responses=True)
     try:
         await client.script_flush()  # the batch script too, whatever the admit loaded
