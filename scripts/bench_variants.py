@@ -96,6 +96,13 @@ def _checkout(variant: str) -> Path:
     return Path(where).resolve() if where else bench.ROOT
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _variants(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if _preset(n) not in PRESETS]
@@ -191,7 +198,7 @@ def main() -> None:
     parser.add_argument("--ttft", type=int, default=300, help="rounds of the TTFT measure")
     parser.add_argument(
         "--ttft-block",
-        type=int,
+        type=_positive,
         default=1,
         help="TTFT requests sent back to back to one target before the next one's turn"
         " (1: each in turn; 50: each proxy alone on its core, as a single-proxy benchmark)",
