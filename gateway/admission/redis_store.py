@@ -1,9 +1,12 @@
 """Admission: ``RedisStore``, the state store shared by several gateway processes.
 
-One ``redis.asyncio`` connection pool; every operation is one Lua script
-(``redis_scripts``) registered once and run with EVALSHA, falling back to
-loading it (after a Redis restart, say). Keys are ``<prefix>:{<name>}:<part>``:
-the hash tag keeps one API key's state in one cluster slot.
+Every operation is one Lua script (``redis_scripts``) registered once and run
+with EVALSHA, falling back to loading it through redis-py (after a Redis restart,
+say). Admissions and batches, the scripts every reply runs, go on one connection
+of their own (``gateway.redis_channel``; redis-py's pool over TLS); the rest (the
+key index, usage reads, direct debits and settles) through a ``redis.asyncio``
+pool. Keys are ``<prefix>:{<name>}:<part>``: the hash tag keeps one API key's
+state in one cluster slot.
 
 Only admission waits for Redis. What a reply does later is queued and sent in
 batches, one ``BATCH`` script per API key: the debits of tokens delivered within
@@ -19,8 +22,9 @@ settle charges whatever was not debited.
 
 Failure is fast and typed: half a second to connect, a second per command
 (one ``asyncio.timeout`` around it: redis-py's own ``socket_timeout`` would run
-every send in a task of its own), one immediate retry on a dropped connection (a
-stale pooled socket after a restart) and none on a timeout. Any Redis or socket
+every send in a task of its own), on the pool one immediate retry on a dropped
+connection (a stale pooled socket after a restart) and none on a timeout; on the
+channel no retry (a batch stays queued for the next). Any Redis or socket
 error leaves this module as ``StoreUnavailable``. The pool reconnects by itself
 once Redis is back.
 """
