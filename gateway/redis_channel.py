@@ -1,7 +1,7 @@
-"""One Redis connection for the scripts run on every reply: the admission's
-``EVALSHA`` (a stream's first token waits on it) and the batch that settles the
-reply after its end (it runs while the client's next request arrives), packed and
-parsed by hiredis, pipelined.
+"""One Redis connection for the admission store's scripts: above all the
+admission's ``EVALSHA`` (a stream's first token waits on it) and the batch that
+settles the reply after its end (it runs while the client's next request
+arrives), packed and parsed by hiredis, pipelined.
 
 Why not redis-py for it: an admission through redis-py's asyncio client costs
 about 150 us of Python on the gateway's core (its pool and connection lock, its

@@ -60,6 +60,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
+import loadtest
 
 KEY = """
 auth:
@@ -94,13 +95,6 @@ def _preset(variant: str) -> str:
 def _checkout(variant: str) -> Path:
     where = variant.partition("@")[2]
     return Path(where).resolve() if where else bench.ROOT
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
 
 
 def _variants(text: str) -> list[str]:
@@ -156,7 +150,8 @@ async def ttft_round_robin(
         # Each process's whole CPU over the phase: a reply's wrap-up after its [DONE]
         # (which may run while another target is asked) is counted too.
         cpu = {name: servers[name].cpu_seconds() for name in names}
-        for i in range(max(1, rounds // block)):
+        turns = max(1, rounds // block)
+        for i in range(turns):
             shift = i % len(names)
             for name in names[shift:] + names[:shift]:
                 for _ in range(block):
@@ -165,8 +160,7 @@ async def ttft_round_robin(
                         got[name].append(result.ttft * 1000)
     await asyncio.sleep(0.2)  # the last wrap-up
     spent = {name: servers[name].cpu_seconds() - cpu[name] for name in names}
-    asked = max(1, rounds // block) * block
-    return got, {name: seconds * 1000 / asked for name, seconds in spent.items()}
+    return got, {name: seconds * 1000 / (turns * block) for name, seconds in spent.items()}
 
 
 async def load(
@@ -198,7 +192,7 @@ def main() -> None:
     parser.add_argument("--ttft", type=int, default=300, help="rounds of the TTFT measure")
     parser.add_argument(
         "--ttft-block",
-        type=_positive,
+        type=loadtest._positive_int,
         default=1,
         help="TTFT requests sent back to back to one target before the next one's turn"
         " (1: each in turn; 50: each proxy alone on its core, as a single-proxy benchmark)",

@@ -2,11 +2,10 @@
 
 Every operation is one Lua script (``redis_scripts``) registered once and run
 with EVALSHA, falling back to loading it through redis-py (after a Redis restart,
-say). Admissions and batches, the scripts every reply runs, go on one connection
-of their own (``gateway.redis_channel``; redis-py's pool over TLS); the rest (the
-key index, usage reads, direct debits and settles) through a ``redis.asyncio``
-pool. Keys are ``<prefix>:{<name>}:<part>``: the hash tag keeps one API key's
-state in one cluster slot.
+say). The scripts go on one connection of their own (``gateway.redis_channel``;
+redis-py's pool over TLS); the rest (the key index, usage reads) through a
+``redis.asyncio`` pool. Keys are ``<prefix>:{<name>}:<part>``: the hash tag keeps
+one API key's state in one cluster slot.
 
 Only admission waits for Redis. What a reply does later is queued and sent in
 batches, one ``BATCH`` script per API key: the debits of tokens delivered within
@@ -120,8 +119,8 @@ class RedisStore:
             health_check_interval=30,
         )
         self._admit = self._redis.register_script(redis_scripts.ADMIT)
-        #: The connection admissions and batches run on (``gateway.redis_channel``),
-        #: except over TLS.
+        #: The connection every script runs on (``gateway.redis_channel``), except
+        #: over TLS.
         self._channel = (
             ScriptChannel(url, connect_timeout=connect_timeout)
             if ScriptChannel.serves(url)
@@ -170,11 +169,11 @@ class RedisStore:
         script: Any,
         name: str,
         args: Sequence[str | int],
-        channel: ScriptChannel | None = None,
     ) -> Any:
-        """Run ``script`` on ``name``'s keys; on ``channel`` when given (admissions
-        and batches: ``gateway.redis_channel``), else through redis-py."""
+        """Run ``script`` on ``name``'s keys, on the channel (``gateway.redis_channel``),
+        or through redis-py over TLS or when Redis does not have the script."""
         keys = self._keys(name)
+        channel = self._channel
         with self._unavailable():
             try:
                 async with asyncio.timeout(self._timeout):
@@ -218,7 +217,6 @@ class RedisStore:
                 _arg(limits.max_streams),
                 _arg(limits.budget_tokens),
             ],
-            self._channel,
         )
         admitted = bool(raw[0])
         reason: RefusalReason | None = raw[1] or None
@@ -375,7 +373,7 @@ class RedisStore:
             for rid, (actual, usage) in done.items():
                 args += (rid, actual, usage.prompt_tokens, usage.completion_tokens, usage.model)
             try:
-                await self._run(self._batch, name, args, self._channel)
+                await self._run(self._batch, name, args)
             except StoreUnavailable as exc:
                 if renew:
                     self._next_renew = 0.0
