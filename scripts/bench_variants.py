@@ -114,8 +114,9 @@ def _variants(text: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path) -> Any:
-    """A throwaway redis-server on a free port (no persistence), when one is installed."""
+def redis_server(workdir: Path, core: set[int] | None = None) -> Any:
+    """A throwaway redis-server on a free port (no persistence), when one is installed;
+    on ``core`` when given (else where this process runs: the upstream's core)."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = bench.free_port()
     proc = subprocess.Popen(
@@ -123,6 +124,8 @@ def redis_server(workdir: Path) -> Any:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    if core is not None:
+        os.sched_setaffinity(proc.pid, core)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -226,6 +229,13 @@ def main() -> None:
         "--rounds", type=int, default=3, help="rounds of the paced, flat and paired measures"
     )
     parser.add_argument("--paced-seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--redis-core",
+        choices=("upstream", "gateway"),
+        default="upstream",
+        help="the core redis-server runs on: the upstream's and the load's (default), or"
+        " the gateways' (it then runs while a gateway waits on its upstream)",
+    )
     parser.add_argument("--held", type=int, default=1000, help="streams held open")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
@@ -267,7 +277,8 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
         stack.callback(upstream.stop)
         redis = ""
         if any("{redis}" in (PRESETS[_preset(v)] or "") for v in args.variants):
-            redis = stack.enter_context(redis_server(workdir))
+            core = test_core if args.redis_core == "gateway" else None
+            redis = stack.enter_context(redis_server(workdir, core))
         for index, name in enumerate(args.variants):
             port = bench.free_port()
             extra = PRESETS[_preset(name)]
