@@ -144,17 +144,20 @@ async def ttft_round_robin(
     servers: dict[str, bench.Server],
     rounds: int,
     block: int = 1,
+    fresh: bool = False,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """TTFT in ms of ``rounds`` short streams to each target, ``block`` back to back to
     one target before the next target's turn; and the CPU ms per request each target's
     process spent on them. Back to back: a reply's own wrap-up after its ``[DONE]`` may
     delay the next request. ``block=1`` asks each target in turn, so each request finds
     its process's caches cooled by the others on its core; a large ``block`` is the
-    proxy alone on its core, asked one request after another."""
+    proxy alone on its core, asked one request after another. ``fresh``: every request
+    on a new connection (as a client without a connection pool), its connect timed."""
     got: dict[str, list[float]] = {name: [] for name in targets}
     names = list(targets)
     bodies = {name: t.body(5, 0.0) for name, t in targets.items()}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    connector = aiohttp.TCPConnector(limit=0, force_close=fresh)
+    async with aiohttp.ClientSession(connector=connector) as session:
         for name in names:  # warm: connections, caches
             for _ in range(5):
                 await bench.read_stream(session, targets[name], bodies[name])
@@ -224,6 +227,11 @@ def main() -> None:
         default=1,
         help="TTFT requests sent back to back to one target before the next one's turn"
         " (1: each in turn; 50: each proxy alone on its core, as a single-proxy benchmark)",
+    )
+    parser.add_argument(
+        "--ttft-fresh",
+        action="store_true",
+        help="each TTFT request on a new connection (its connect included), not a kept-alive one",
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of the paced, flat and paired measures"
@@ -318,6 +326,7 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                     {"direct": upstream, **servers},
                     args.ttft,
                     args.ttft_block,
+                    args.ttft_fresh,
                 )
             )
             direct_p50 = statistics.median(got.pop("direct"))
