@@ -36,7 +36,8 @@ Variants (``--variants``, comma-separated; the first is the reference for ratios
 * ``no-resume``    default with ``resumable: false``
 * ``keys``         default plus one API key with every limit (in-process store): every
                    feature of this turn on
-* ``keys-redis``   ``keys`` with ``redis_url`` (a redis-server started here): limits and the
+* ``keys-redis``   ``keys`` with ``redis_url`` (a redis-server started here, on the
+                   gateways' core unless ``--redis-core upstream``): limits and the
                    reply log in Redis
 * ``redis``        default with ``redis_url``: no keys, so only the reply log in Redis
 * ``short-ttl``    default with ``resume_ttl_seconds: 1``: ended replies' logs go at once
@@ -239,10 +240,11 @@ def main() -> None:
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument(
         "--redis-core",
-        choices=("upstream", "gateway"),
-        default="upstream",
-        help="the core redis-server runs on: the upstream's and the load's (default), or"
-        " the gateways' (it then runs while a gateway waits on its upstream)",
+        choices=("gateway", "upstream"),
+        default="gateway",
+        help="the core redis-server runs on: the gateways' (default: it runs while a gateway"
+        " waits on its upstream: nearer a Redis on a host of its own), or the upstream's"
+        " and the load's (its scripts' CPU then delays the fake upstream's first token)",
     )
     parser.add_argument("--held", type=int, default=1000, help="streams held open")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
