@@ -25,6 +25,14 @@ this reuses), and the measurements interleave them:
              than alone;
 * ``held``   ``--held`` slow streams held open, once per variant: RSS per open stream.
 
+Where redis-server runs (``--redis-core``): in a deployment Redis has a host of its
+own, and its scripts' CPU (about 65-100 us per admission, as much per settle batch)
+delays neither the upstream nor the gateway. Here it shares a core with one of them,
+so by default it is kept off the path of what is measured: on the gateways' core for
+``ttft`` (it runs while a gateway waits on its upstream, instead of taking the core
+the fake upstream makes its first token on), on the upstream's for the loads (where
+it would take CPU, and cache, from the gateways whose CPU is measured).
+
 Variants (``--variants``, comma-separated; the first is the reference for ratios;
 ``NAME@DIR`` runs the preset from another checkout, e.g. the code before a change):
 
@@ -36,8 +44,7 @@ Variants (``--variants``, comma-separated; the first is the reference for ratios
 * ``no-resume``    default with ``resumable: false``
 * ``keys``         default plus one API key with every limit (in-process store): every
                    feature of this turn on
-* ``keys-redis``   ``keys`` with ``redis_url`` (a redis-server started here, on the
-                   gateways' core unless ``--redis-core upstream``): limits and the
+* ``keys-redis``   ``keys`` with ``redis_url`` (a redis-server started here): limits and the
                    reply log in Redis
 * ``redis``        default with ``redis_url``: no keys, so only the reply log in Redis
 * ``short-ttl``    default with ``resume_ttl_seconds: 1``: ended replies' logs go at once
@@ -115,9 +122,9 @@ def _variants(text: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, core: set[int] | None = None) -> Any:
-    """A throwaway redis-server on a free port (no persistence), when one is installed;
-    on ``core`` when given (else where this process runs: the upstream's core)."""
+def redis_server(workdir: Path) -> Any:
+    """A throwaway redis-server on a free port (no persistence), when one is installed:
+    its URL and process (``place`` moves it from core to core)."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = bench.free_port()
     proc = subprocess.Popen(
@@ -125,8 +132,6 @@ def redis_server(workdir: Path, core: set[int] | None = None) -> Any:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    if core is not None:
-        os.sched_setaffinity(proc.pid, core)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -134,7 +139,7 @@ def redis_server(workdir: Path, core: set[int] | None = None) -> Any:
                 bench.socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc
     finally:
         proc.terminate()
         proc.wait(10)
@@ -240,11 +245,12 @@ def main() -> None:
     parser.add_argument("--paced-seconds", type=float, default=6.0)
     parser.add_argument(
         "--redis-core",
-        choices=("gateway", "upstream"),
-        default="gateway",
-        help="the core redis-server runs on: the gateways' (default: it runs while a gateway"
-        " waits on its upstream: nearer a Redis on a host of its own), or the upstream's"
-        " and the load's (its scripts' CPU then delays the fake upstream's first token)",
+        choices=("auto", "gateway", "upstream"),
+        default="auto",
+        help="the core redis-server runs on: the gateways' (it runs while a gateway waits on"
+        " its upstream), the upstream's and the load's (its scripts' CPU then delays the"
+        " fake upstream's first token), or auto (default): the gateways' for ttft, the"
+        " upstream's for the loads, where each gateway's own CPU is measured",
     )
     parser.add_argument("--held", type=int, default=1000, help="streams held open")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
@@ -285,10 +291,9 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
             env,
         )
         stack.callback(upstream.stop)
-        redis = ""
+        redis, redis_proc = "", None
         if any("{redis}" in (PRESETS[_preset(v)] or "") for v in args.variants):
-            core = test_core if args.redis_core == "gateway" else None
-            redis = stack.enter_context(redis_server(workdir, core))
+            redis, redis_proc = stack.enter_context(redis_server(workdir))
         for index, name in enumerate(args.variants):
             port = bench.free_port()
             extra = PRESETS[_preset(name)]
@@ -316,7 +321,18 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
             for name, s in servers.items()
         }
         results: dict[str, Any] = {name: {} for name in servers}
+
+        def place(measure: str) -> None:
+            """redis-server off the path of what ``measure`` measures (see --redis-core)."""
+            if redis_proc is None or gen_core is None or test_core is None:
+                return
+            where = args.redis_core
+            if where == "auto":
+                where = "gateway" if measure == "ttft" else "upstream"
+            os.sched_setaffinity(redis_proc.pid, test_core if where == "gateway" else gen_core)
+
         if "ttft" in measures:
+            place("ttft")
             print(
                 f"ttft: {args.ttft} rounds in blocks of {args.ttft_block}"
                 f" over direct + {', '.join(servers)}"
@@ -349,6 +365,7 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
         for measure, (streams, tokens, delay) in loads.items():
             if measure not in measures:
                 continue
+            place(measure)
             rounds: list[dict[str, float]] = []
             names = list(servers)
             for i in range(args.rounds):
@@ -369,6 +386,7 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                     r[name] / r[ref] for r in rounds
                 )
         if "paired" in measures:
+            place("paired")
             names = list(servers)
             ref, others = names[0], names[1:]
             tokens = int(args.paced_seconds / bench.PACE)
@@ -391,6 +409,7 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                 results[name][f"paired_ratio_to_{ref}"] = statistics.median(values)
                 results[name]["paired_ratios"] = values
         if "held" in measures:
+            place("held")
             for name in servers:
                 results[name]["held"] = asyncio.run(held(targets[name], servers[name], args.held))
                 print(f"  held {name:12s} {results[name]['held']['kb_per_stream']:.1f} KB/stream")
