@@ -14,7 +14,7 @@ docs/benchmarks.md, sessions 10 and 11, for the figures). Everything else (the
 key index, usage reads, the reply log) stays on redis-py.
 
 What it does not do, and redis-py does for the rest: TLS (``rediss://``; the
-store then admits through redis-py), RESP3, retries. A command in flight when the
+store then runs its scripts through redis-py), RESP3, retries. A command in flight when the
 connection drops fails (the store answers 503, or admits a ``fail_open`` key):
 an admission may have run, and running it twice would reserve twice; a batch
 stays queued and is sent again (a settle already applied is skipped by id). A closed

@@ -187,27 +187,21 @@ async def load(
     target: bench.Target, server: bench.Server, streams: int, tokens: int, delay: float
 ) -> float:
     """CPU ms per 1,000 tokens of ``streams`` streams of ``tokens`` at ``delay`` s each."""
-    b = bench.Bench(target, server, [])
-    try:
-        await b.warm(20)
-        run = await b.run(streams, tokens, delay)
-        bench._check(run, f"{target.name} {streams}x{tokens}")
-        return run.cpu_ms_per_1k()
-    finally:
-        await b.close()
+    (cpu,) = await load_at_once([(target, server)], streams, tokens, delay)
+    return cpu
 
 
-async def paired(
+async def load_at_once(
     pair: list[tuple[bench.Target, bench.Server]], streams: int, tokens: int, delay: float
 ) -> list[float]:
-    """CPU ms per 1,000 tokens of each target, their loads run at the same time."""
+    """:func:`load` on each target, all at the same time (the ``paired`` measure)."""
     benches = [bench.Bench(target, server, []) for target, server in pair]
     try:
         for b in benches:
             await b.warm(20)
         runs = await asyncio.gather(*(b.run(streams, tokens, delay) for b in benches))
         for (target, _), run in zip(pair, runs, strict=True):
-            bench._check(run, f"{target.name} {streams}x{tokens} paired")
+            bench._check(run, f"{target.name} {streams}x{tokens}")
         return [run.cpu_ms_per_1k() for run in runs]
     finally:
         for b in benches:
@@ -396,7 +390,9 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                     # Which load starts first alternates with the round.
                     order = [ref, name] if i % 2 == 0 else [name, ref]
                     pair_cpu = asyncio.run(
-                        paired([(targets[n], servers[n]) for n in order], 200, tokens, bench.PACE)
+                        load_at_once(
+                            [(targets[n], servers[n]) for n in order], 200, tokens, bench.PACE
+                        )
                     )
                     both = dict(zip(order, pair_cpu, strict=True))
                     ratios[name].append(both[name] / both[ref])
