@@ -145,26 +145,36 @@ class ChatCompletionRequest(_Open):
 
     def pending(self, reply_id: str, created: int) -> dict[str, Any]:
         """A background reply still running."""
-        return {
-            "id": reply_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": self.model,
-            "status": "in_progress",
-        }
+        return pending_body(reply_id, created, self.model)
 
     def completion(self, reply: Completed) -> dict[str, Any]:
         """The ``chat.completion`` body."""
-        return completion_body(
-            id=reply.id,
-            created=reply.created,
-            model=reply.model,
-            content=reply.text,
-            tool_calls=reply.tool_calls,
-            finish_reason=reply.finish,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-        )
+        return completion_of(reply)
+
+
+def pending_body(reply_id: str, created: int, model: str) -> dict[str, Any]:
+    """A background reply still running."""
+    return {
+        "id": reply_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "status": "in_progress",
+    }
+
+
+def completion_of(reply: Completed) -> dict[str, Any]:
+    """The ``chat.completion`` body of a whole reply."""
+    return completion_body(
+        id=reply.id,
+        created=reply.created,
+        model=reply.model,
+        content=reply.text,
+        tool_calls=reply.tool_calls,
+        finish_reason=reply.finish,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+    )
 
 
 _GATEWAY_FIELDS = {
@@ -215,6 +225,167 @@ def _text_messages(body: bytes) -> list[dict[str, Any]] | None:
             if type(value) is not str:
                 return None
     return messages
+
+
+#: A message's fields that are not strings (a message taken as plain holds only strings).
+_MESSAGE_NON_STRINGS = frozenset({"tool_calls"})
+_ROLES = frozenset(Role.__args__)  # type: ignore[attr-defined]
+#: The sampling parameters a plain request may carry, in declaration order (the
+#: order ``passthrough_params`` dumps them in), with their bounds.
+_SAMPLING = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+}
+_PLAIN_TOKEN_LIMITS = ("max_tokens", "max_completion_tokens")
+
+
+class PlainChatRequest:
+    """A request in the common shape (text messages, the usual parameters), taken
+    without the model: what :class:`ChatCompletionRequest` would make of it, for a
+    third of the cost on every request's first-token path. See :func:`plain_request`.
+    """
+
+    __slots__ = ("_inbound", "_usage", "model")
+
+    def __init__(self, inbound: InboundRequest, include_usage: bool) -> None:
+        self._inbound = inbound
+        self._usage = include_usage
+        self.model = inbound.model
+
+    @property
+    def inbound(self) -> InboundRequest:
+        return self._inbound
+
+    @property
+    def include_usage(self) -> bool:
+        return self._usage
+
+    def encoder(self, reply_id: str, created: int) -> ChunkEncoder:
+        """The encoder of this request's stream."""
+        return ChunkEncoder(
+            id=reply_id, created=created, model=self.model, include_usage=self._usage
+        )
+
+    def pending(self, reply_id: str, created: int) -> dict[str, Any]:
+        """A background reply still running."""
+        return pending_body(reply_id, created, self.model)
+
+    def completion(self, reply: Completed) -> dict[str, Any]:
+        """The ``chat.completion`` body."""
+        return completion_of(reply)
+
+
+def plain_request(body: bytes) -> PlainChatRequest | None:
+    """The body as a :class:`PlainChatRequest` when it is plainly valid, else None
+    (the model validates it, and words any error).
+
+    Plain: a JSON object whose messages are objects of strings (a known role, its
+    content), and whose other fields are the gateway's own of their exact JSON type
+    (``stream``, ``stream_options``, the token limits, ``seed``, ``n``: 1,
+    ``background``, ``fake``), sampling numbers within their bounds, ``stop`` as
+    strings, or fields the model does not know (passed on, as it would). Anything
+    else (tools, content parts, a bound crossed, a wrong type) is the model's.
+    ``tests/gateway/dialects/test_chat_completions.py`` checks that both agree.
+    """
+    if len(body) > LARGE_BODY_BYTES:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict:
+        return None
+    model = data.get("model")
+    messages = data.get("messages")
+    if type(model) is not str or not model or type(messages) is not list or not messages:
+        return None
+    for message in messages:
+        if type(message) is not dict or "content" not in message:
+            return None
+        for value in message.values():
+            if type(value) is not str:
+                return None
+        if message.get("role") not in _ROLES or not _MESSAGE_NON_STRINGS.isdisjoint(message):
+            return None
+    stream = background = include_usage = False
+    limits: dict[str, int] = {}
+    seed: int | None = None
+    fake: dict[str, Any] | None = None
+    sampling: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "model" or key == "messages":
+            continue
+        if key == "stream" or key == "background":
+            if type(value) is not bool:
+                return None
+            if key == "stream":
+                stream = value
+            else:
+                background = value
+        elif key == "stream_options":
+            if value is None:
+                continue
+            if type(value) is not dict or not value.keys() <= {"include_usage"}:
+                return None
+            usage = value.get("include_usage", False)
+            if type(usage) is not bool:
+                return None
+            include_usage = usage
+        elif key in _PLAIN_TOKEN_LIMITS:
+            if value is None:
+                continue
+            if type(value) is not int or value < 1:
+                return None
+            limits[key] = value
+        elif key == "seed":
+            if value is not None and type(value) is not int:
+                return None
+            seed = value
+        elif key == "n":
+            if value is not None and (type(value) is not int or value != 1):
+                return None
+        elif key == "fake":
+            if value is not None and type(value) is not dict:
+                return None
+            fake = value
+        elif key in _SAMPLING:
+            if value is None:
+                continue
+            low, high = _SAMPLING[key]
+            if type(value) is not float and type(value) is not int:
+                return None
+            if not low <= value <= high:
+                return None
+            sampling[key] = float(value)
+        elif key == "stop":
+            if value is None:
+                continue
+            if type(value) is list:
+                if any(type(item) is not str for item in value):
+                    return None
+            elif type(value) is not str:
+                return None
+            sampling[key] = value
+        elif key in ChatCompletionRequest.model_fields:
+            return None  # tools: the model's
+        elif value is not None:
+            extra[key] = value
+    params = {k: sampling[k] for k in (*_SAMPLING, "stop") if k in sampling}
+    params.update(extra)
+    inbound = InboundRequest(
+        model=model,
+        messages=messages,
+        stream=stream,
+        max_tokens=limits.get("max_completion_tokens") or limits.get("max_tokens"),
+        seed=seed,
+        params=params,
+        fake=fake,
+        background=background,
+    )
+    return PlainChatRequest(inbound, include_usage)
 
 
 _HEAD_END = b',"system_fingerprint":null,"choices":'
@@ -385,9 +556,9 @@ class ChatCompletionsDialect:
     operation = "chat"
     id_prefix = "chatcmpl-"
 
-    def parse(self, body: bytes) -> ChatCompletionRequest:
-        """See :func:`parse_request`."""
-        return parse_request(body)
+    def parse(self, body: bytes) -> ChatCompletionRequest | PlainChatRequest:
+        """See :func:`parse_request`; the common request takes :func:`plain_request`."""
+        return plain_request(body) or parse_request(body)
 
     def error_body(self, exc: GatewayError) -> dict[str, Any]:
         """OpenAI's ``{"error": {...}}``."""

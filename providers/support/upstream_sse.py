@@ -56,30 +56,54 @@ class SSEParser:
         """Parse ``chunk`` and return the events it completes (often none or one)."""
         if self._idle and (data := _lone_data(chunk)) is not None:
             return [SSEEvent("message", data)]
-        return self._feed(chunk)
+        buf = self._begin(chunk)
+        datas = self._whole_events(buf)
+        if datas is not None:
+            return [SSEEvent("message", data) for data in datas]
+        return self._slow(buf)
 
     def feed_data(self, chunk: bytes) -> list[bytes]:
         """:meth:`feed`, for a reader that ignores event types: each event's data."""
         if self._idle and (data := _lone_data(chunk)) is not None:
             return [data]  # a token per read: no event tuple made
-        return [event.data for event in self._feed(chunk)]
+        buf = self._begin(chunk)
+        datas = self._whole_events(buf)
+        if datas is not None:
+            return datas  # no event tuples made either
+        return [event.data for event in self._slow(buf)]
 
-    def _feed(self, chunk: bytes) -> list[SSEEvent]:
+    def _begin(self, chunk: bytes) -> bytes:
+        """The carry and ``chunk``, past the BOM on the stream's first bytes (checked
+        here, so the first read, often a whole burst of events, takes the shortcut)."""
         buf = self._carry + chunk if self._carry else chunk
-        if self._started and not self._data and not self._event and b"\r" not in buf:
-            # The common case, whole one-line ``data:`` events (tokens), without the
-            # line loop; anything else takes the loop, from the same bytes.
-            end = buf.rfind(b"\n\n")
-            if end != -1:
-                events: list[SSEEvent] = []
-                for part in buf[:end].split(b"\n\n"):
-                    if not part.startswith(b"data: ") or b"\n" in part:
-                        break
-                    events.append(SSEEvent("message", part[6:]))
-                else:
-                    self._carry = buf[end + 2 :]
-                    self._idle = not self._carry
-                    return events
+        if not self._started:
+            if len(buf) < len(_BOM) and _BOM.startswith(buf):
+                return buf  # maybe the BOM's first bytes: the line loop carries them
+            self._started = True
+            if buf.startswith(_BOM):
+                buf = buf[len(_BOM) :]
+            self._carry = b""  # now in ``buf``
+        return buf
+
+    def _whole_events(self, buf: bytes) -> list[bytes] | None:
+        """The common case, whole one-line ``data:`` events (tokens), without the line
+        loop: their data, or None for anything else (the line loop's, from the same
+        bytes)."""
+        if not self._started or self._data or self._event or b"\r" in buf:
+            return None
+        end = buf.rfind(b"\n\n")
+        if end == -1:
+            return None
+        datas: list[bytes] = []
+        for part in buf[:end].split(b"\n\n"):
+            if not part.startswith(b"data: ") or b"\n" in part:
+                return None
+            datas.append(part[6:])
+        self._carry = buf[end + 2 :]
+        self._idle = not self._carry
+        return datas
+
+    def _slow(self, buf: bytes) -> list[SSEEvent]:
         events = self._lines(buf)
         self._idle = self._started and not (self._carry or self._data or self._event)
         return events

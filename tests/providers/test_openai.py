@@ -424,7 +424,12 @@ def test_sse_parser_splits_crlf_across_chunks_without_an_extra_blank_line() -> N
 
 
 _PIECES = st.sampled_from(
-    [b"data: ", b"data: x", b'data: {"a":1}', b"\n", b"\n\n", b"\r", b"event: e\n", b": c\n", b"x"]
+    [
+        *(b"data: ", b"data: x", b'data: {"a":1}', b"\n", b"\n\n", b"\r", b"event: e\n", b": c\n"),
+        b"x",
+        # The BOM and its first bytes: the shortcut also takes a stream's first read.
+        *(b"\xef\xbb\xbf", b"\xef", b"\xbb\xbf"),
+    ]
 )
 
 
@@ -463,6 +468,18 @@ def test_sse_parser_lone_event_shortcut_waits_for_a_started_or_carried_event() -
     assert parser.feed_data(b"data: f\n\n") == [b"e\nf"]
     assert parser.feed_data(b"data: g\r\n\n") == [b"g"]
     assert parser.feed_data(b"data: h\n\n") == [b"h"]
+
+
+def test_sse_parser_first_read_of_a_burst_skips_the_bom_and_takes_the_shortcut() -> None:
+    """A fast upstream's whole reply may come in the first read: after the BOM check,
+    its whole one-line events take the shortcut (no event tuples for ``feed_data``)."""
+    burst = b"\xef\xbb\xbfdata: a\n\ndata: b\n\ndata: [DONE]\n\n"
+    assert SSEParser().feed_data(burst) == [b"a", b"b", b"[DONE]"]
+    assert _LineLoopOnly().feed(burst) == SSEParser().feed(burst)
+    parser = SSEParser()
+    assert parser.feed_data(b"\xef\xbb") == []
+    assert parser.feed_data(b"\xbfdata: a\n\ndata: b") == [b"a"]
+    assert parser.feed_data(b"\n\n") == [b"b"]
 
 
 def test_sse_parser_fast_path_keeps_a_pending_event_name() -> None:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
-from gateway.dialects.chat_completions import _GATEWAY_FIELDS, ChunkEncoder, parse_request
-from gateway.errors import UpstreamError
+from gateway.dialects.chat_completions import (
+    _GATEWAY_FIELDS,
+    CHAT_COMPLETIONS,
+    ChatCompletionRequest,
+    ChunkEncoder,
+    PlainChatRequest,
+    parse_request,
+    plain_request,
+)
+from gateway.errors import BadRequest, UpstreamError
 from gateway.streaming import framer
 from providers.events import ToolCallDelta
 
@@ -132,3 +143,161 @@ def test_messages_of_a_body_only_pydantic_reads_are_dumped_not_a_500() -> None:
     body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "extra": Infinity}'
     request = parse_request(body)
     assert request.inbound.messages == [{"role": "user", "content": "x"}]
+
+
+# --- the plain request: taken without the model, as the model would take it ---
+
+_ANY = st.sampled_from([None, True, False, 0, 1, 2, -1, 1.5, 2.5, "", "x", [], {}, ["a"], [1]])
+_VALID_MESSAGE = st.one_of(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "developer", "tool"]), "content": st.text()},
+        optional={"name": st.just("a"), "tool_call_id": st.just("c1"), "refusal": st.just("r")},
+    ),
+    st.fixed_dictionaries(
+        {"content": st.just("k"), "role": st.just("assistant")}
+    ),  # key order as sent
+)
+_MESSAGE = st.one_of(
+    _VALID_MESSAGE,
+    _VALID_MESSAGE.flatmap(
+        lambda m: st.sampled_from(sorted({*m, "content", "role", "tool_calls", "name"})).flatmap(
+            lambda key: st.one_of(_ANY, st.just([_CALL]), st.just([{"type": "text"}])).map(
+                lambda value: {**m, key: value}
+            )
+        )
+    ),
+    st.fixed_dictionaries({"role": st.just("assistant")}),
+)
+#: Each field's values: valid ones, and some the model refuses.
+_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "stream": st.booleans(),
+    "stream_options": st.sampled_from(
+        [None, {}, {"include_usage": True}, {"include_usage": False}]
+    ),
+    "max_tokens": st.one_of(st.none(), st.integers(1, 10**6)),
+    "max_completion_tokens": st.one_of(st.none(), st.integers(1, 10**6)),
+    "seed": st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+    "n": st.sampled_from([None, 1]),
+    "temperature": st.one_of(st.none(), st.floats(0, 2), st.integers(0, 2)),
+    "top_p": st.one_of(st.none(), st.floats(0, 1), st.sampled_from([0, 1])),
+    "presence_penalty": st.one_of(st.none(), st.floats(-2, 2)),
+    "frequency_penalty": st.one_of(st.none(), st.integers(-2, 2)),
+    "stop": st.one_of(st.none(), st.text(), st.lists(st.text(), max_size=3)),
+    "fake": st.sampled_from([None, {"reply_tokens": 3}, {}]),
+    "background": st.booleans(),
+    "x_fake": st.sampled_from([{"tokens": 5, "delay": None}, None, [None, 1], 0]),
+    "user": st.sampled_from(["u-1", None, 5]),
+}
+_WRONG: dict[str, st.SearchStrategy[Any]] = {
+    "model": st.sampled_from(["", 5, None]),
+    "messages": st.sampled_from([[], "x", None, [1]]),
+    "stream_options": st.sampled_from([{"include_usage": 1}, {"other": 1}, "s"]),
+    "top_p": st.sampled_from([1.1, -0.1]),
+    "temperature": st.sampled_from([2.5, -1e-9]),
+    "presence_penalty": st.just(-2.5),
+    "stop": st.sampled_from([[1], 5, ["a", None]]),
+    "tools": st.sampled_from([[], [{"type": "function", "function": {"name": "f"}}]]),
+    **{key: _ANY for key in ("stream", "max_tokens", "seed", "n", "fake", "background")},
+}
+_BODY = st.tuples(
+    st.lists(_MESSAGE, min_size=1, max_size=3),
+    st.fixed_dictionaries({}, optional=_FIELDS),
+    st.one_of(
+        st.none(),
+        st.sampled_from(sorted(_WRONG)).flatmap(
+            lambda key: _WRONG[key].map(lambda value: (key, value))
+        ),
+    ),
+).map(
+    lambda parts: {
+        "model": "m",
+        "messages": parts[0],
+        **parts[1],
+        **(dict([parts[2]]) if parts[2] is not None else {}),
+    }
+)
+
+
+def _model_of(body: bytes) -> ChatCompletionRequest | None:
+    try:
+        return parse_request(body)
+    except BadRequest:
+        return None
+
+
+def _agree(body: bytes) -> bool:
+    """Whether :func:`plain_request` took ``body``, after checking that the model
+    takes it too, and makes the same of it."""
+    plain = plain_request(body)
+    if plain is None:
+        return False
+    model = _model_of(body)
+    assert model is not None, body
+    assert plain.inbound == model.inbound
+    assert plain.include_usage == model.include_usage
+    for request in (plain, model):
+        assert type(request.inbound.params) is dict
+    ours, theirs = plain.encoder("chatcmpl-1", 7), model.encoder("chatcmpl-1", 7)
+    assert (ours.start(), ours.text("hi"), ours.end(lambda: (1, 2))) == (
+        theirs.start(),
+        theirs.text("hi"),
+        theirs.end(lambda: (1, 2)),
+    )
+    assert plain.pending("chatcmpl-1", 7) == model.pending("chatcmpl-1", 7)
+    return True
+
+
+@given(_BODY)
+@settings(max_examples=600, deadline=None)
+def test_a_plain_request_is_what_the_model_makes_of_it(body: dict[str, Any]) -> None:
+    """The shortcut past pydantic takes only what the model accepts, and gives the
+    same inbound request (messages, parameters and their order), encoder and answers."""
+    _agree(orjson.dumps(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        {  # as scripts/bench.py sends it
+            "model": "relay",
+            "messages": [{"role": "user", "content": "Benchmark the relay."}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "x_fake": {"tokens": 5, "delay": 0.0},
+        },
+        {
+            "model": "m",
+            "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+            "stream": True,
+            "max_tokens": 64,
+            "temperature": 0.7,
+            "top_p": 1,
+            "stop": ["\n\n"],
+            "user": "u-1",
+            "seed": 3,
+        },
+    ],
+)
+def test_the_common_request_takes_the_shortcut(body: dict[str, Any]) -> None:
+    """What SDKs and benchmarks send is plain: a shortcut that never triggers would
+    pass the agreement test above while saving nothing."""
+    raw = orjson.dumps(body)
+    assert _agree(raw)
+    assert type(CHAT_COMPLETIONS.parse(raw)) is PlainChatRequest
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[]",
+        b"null",
+        b"{",
+        b'"x"',
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "e": NaN}',
+    ],
+)
+def test_what_is_not_plain_json_is_the_models_to_word(raw: bytes) -> None:
+    assert plain_request(raw) is None
+    with contextlib.suppress(BadRequest):
+        CHAT_COMPLETIONS.parse(raw)
