@@ -29,7 +29,7 @@ from gateway.http.body import read_body
 from gateway.http.middleware import DIALECT_KEY, REQUEST_ID, REQUEST_ID_KEY, json_response
 from gateway.http.offload import parse_body
 from gateway.observability.replies import reply_observer
-from gateway.state import STATE
+from gateway.state import STATE, GatewayState
 from gateway.streaming.collector import collect
 from gateway.streaming.record import ReplyRecord, end_reason
 from gateway.streaming.relay import StreamSession
@@ -106,25 +106,18 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 else:
                     headers.update(ticket.take_headers())
         if settings.metrics:
-            state.metrics.stream_started()
-            state.live.stream_started()
-            record.observers.append(reply_observer(state.metrics, state.live))
             record.on_attempt = state.metrics.observe_attempt
         if not inbound.stream and not inbound.background:
+            _observe(state, record)
             with state.track(record):
                 return json_response(await collect(record, parsed), headers=headers)
-        encoder = parsed.encoder(record.reply_id, record.created)
-        # The parsed request (~2 KB) is done with: not held across the set-up's awaits,
-        # where 1,000 streams opening at once would leave it in holes between their
-        # long-lived objects (a background reply answers its pending body from it).
-        pending = None if inbound.stream else parsed.pending(record.reply_id, record.created)
-        del parsed
         # The upstream first, in the reply's one task: the rest is set up while it
         # works on its first token, and the task goes on once ``set_up`` is done.
         session = StreamSession(
             record, track=state.track, heartbeat=settings.heartbeat_seconds, ticker=state.ticker
         )
         session.start()
+        observed = False
         inline = ahead is not None and state.gate.instant and not is_large(inbound.messages)
         if ahead is not None and not inline:
             # In a task of its own (Redis, or a prompt counted in a thread), started
@@ -137,6 +130,15 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             # Two turns of the loop: the task runs to its upstream request, then the
             # rest is set up while the upstream (and Redis) work on their answers.
             await asyncio.sleep(0)
+            _observe(state, record)  # off the path to the upstream request, too
+            observed = True
+            encoder = parsed.encoder(record.reply_id, record.created)
+            # The parsed request (~2 KB as a model) is done with: not held across the
+            # set-up's awaits, where 1,000 streams opening at once would leave it in
+            # holes between their long-lived objects (a background reply answers its
+            # pending body from it).
+            pending = None if inbound.stream else parsed.pending(record.reply_id, record.created)
+            del parsed
             if inline:
                 # In process: the answer is here at once (a refusal is the response,
                 # and the upstream started ahead is dropped).
@@ -172,6 +174,8 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 ids=settings.resumable,
             )
         except BaseException as exc:  # nothing will stream it
+            if not observed:
+                _observe(state, record)  # cancelled at once: a reply all the same
             if isinstance(exc, GatewayError):
                 session.abandon(end_reason(exc), exc)
             else:
@@ -186,6 +190,14 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             return await session.run()
         assert pending is not None
         return json_response(pending, headers=headers)
+
+
+def _observe(state: GatewayState, record: ReplyRecord) -> None:
+    """Count the reply in flight, and observe its end (the metrics, the dashboard)."""
+    if state.settings.metrics:
+        state.metrics.stream_started()
+        state.live.stream_started()
+        record.observers.append(reply_observer(state.metrics, state.live))
 
 
 async def _admit(gate: Gate, identity: Identity, record: ReplyRecord, cap: int | None) -> Ticket:
