@@ -38,6 +38,16 @@ class Ticker:
         self._slots: dict[int, dict[Watchdog, None]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
 
+    def move(self, dog: Watchdog, slot: int | None, when: float) -> int:
+        """:meth:`add`, from ``slot`` where ``dog`` is due now (if any): nothing to do
+        when ``when`` falls in the same slot (a lone stream re-armed in the same slot
+        would otherwise cancel its slot's loop timer and set a new one)."""
+        if slot is not None:
+            if math.ceil(when / self._resolution) == slot:
+                return slot
+            self.remove(dog, slot)
+        return self.add(dog, when)
+
     def add(self, dog: Watchdog, when: float) -> int:
         """Tick ``dog`` at the end of the slot holding loop time ``when``; the slot."""
         slot = math.ceil(when / self._resolution)
@@ -117,8 +127,7 @@ class Watchdog:
         """Set the timer for the next deadline."""
         stream = self._stream
         last_write = stream.last_write if stream is not None and stream.opened else self.last_event
-        self.disarm()
-        self.due = self._ticker.add(self, self._next_due(last_write + self._heartbeat))
+        self.due = self._ticker.move(self, self.due, self._next_due(last_write + self._heartbeat))
 
     def _next_due(self, ping_due: float) -> float:
         """The earliest of ``ping_due``, the idle timeout and the first-token deadline."""

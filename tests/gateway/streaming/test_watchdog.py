@@ -103,3 +103,34 @@ async def test_a_cleared_first_token_deadline_cancels_nothing() -> None:
         assert await asyncio.create_task(attempt()) is False
     dog.stop()
     assert len(ticker) == 0
+
+
+async def test_rearming_in_the_same_slot_keeps_its_timer() -> None:
+    """A lone stream re-armed (its first event, its set-up) within one slot keeps the
+    slot's loop timer: no cancel and new timer on every stream's first-token path.
+    Moved to a later slot, it leaves the first one, and still fires when due."""
+    ticker = Ticker(resolution=10.0)
+    cuts: list[tuple[float, Exception]] = []
+    dog = idle_dog(ticker, cuts, idle=5.0)
+    dog.arm()
+    timer = ticker._timers[dog.due]  # type: ignore[index]
+    dog.last_event += 0.001
+    dog.arm()
+    assert ticker._timers[dog.due] is timer  # type: ignore[index]
+    assert not timer.cancelled()
+    first = dog.due
+    dog.last_event += 30.0  # a later slot
+    dog.arm()
+    assert dog.due != first
+    assert timer.cancelled()
+    assert len(ticker) == 1
+    quick = Ticker(resolution=0.05)
+    fast = idle_dog(quick, cuts, idle=0.08)
+    fast.arm()
+    fast.arm()
+    async with asyncio.timeout(10):
+        while not cuts:
+            await asyncio.sleep(0.01)
+    assert cuts[0][0] - fast.last_event >= 0.08
+    assert len(quick) == 0
+    dog.stop()
