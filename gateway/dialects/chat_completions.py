@@ -9,7 +9,7 @@ wrong with a ``param`` naming the field. Outbound: :class:`ChunkEncoder` frames
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, model_validator
@@ -229,7 +229,7 @@ def _text_messages(body: bytes) -> list[dict[str, Any]] | None:
 
 #: A message's fields that are not strings (a message taken as plain holds only strings).
 _MESSAGE_NON_STRINGS = frozenset({"tool_calls"})
-_ROLES = frozenset(Role.__args__)  # type: ignore[attr-defined]
+_ROLES = frozenset(get_args(Role))
 #: The sampling parameters a plain request may carry, in declaration order (the
 #: order ``passthrough_params`` dumps them in), with their bounds.
 _SAMPLING = {
