@@ -186,15 +186,21 @@ class OpenAIProvider:
                     parser = SSEParser()
                     take, arrival = response.take, response.arrival
                     while True:
-                        chunk = take()
-                        if chunk is None:
-                            # The future itself: no frame between this one and the socket.
-                            await arrival()
-                            continue
-                        if not chunk:
-                            break
-                        events, error = chunks.events_of(parser.feed_data(chunk))
-                        del chunk  # not held while the next read waits (see _Chunks)
+                        rest = chunks.rest
+                        if rest is not None:  # the first event's read, after it
+                            chunks.rest = None
+                            events, error = chunks.events_of(rest)
+                            del rest
+                        else:
+                            chunk = take()
+                            if chunk is None:
+                                # The future itself: no frame between this one and the socket.
+                                await arrival()
+                                continue
+                            if not chunk:
+                                break
+                            events, error = chunks.events_of(parser.feed_data(chunk))
+                            del chunk  # not held while the next read waits (see _Chunks)
                         for event in events:
                             yield event
                         if error is not None:
@@ -283,7 +289,7 @@ class _Chunks:
     the stream's frame while the next read waits: about 1.5 KB per open stream.
     """
 
-    __slots__ = ("done", "finished", "usage")
+    __slots__ = ("done", "finished", "rest", "usage", "waiting")
 
     def __init__(self) -> None:
         #: ``[DONE]`` came.
@@ -292,10 +298,28 @@ class _Chunks:
         self.finished = False
         #: The last ``usage`` seen.
         self.usage: Any = None
+        #: No event yet.
+        self.waiting = True
+        #: A read's events left for the next turn, after the stream's first event.
+        self.rest: list[bytes] | None = None
 
     def events_of(self, datas: list[bytes]) -> tuple[list[StreamEvent], Exception | None]:
         """One read's SSE events (their data) as stream events, and the error that
-        ends the stream (after the events before it)."""
+        ends the stream (after the events before it).
+
+        Until the first event, a data at a time: a fast upstream's first read may be
+        its whole reply, and the first token goes out before the rest is decoded
+        (kept in :attr:`rest`, for the reader's next turn)."""
+        if self.waiting and len(datas) > 1:
+            for index in range(len(datas)):
+                self.waiting = False  # the loop below, for this one data
+                first, failed = self.events_of(datas[index : index + 1])
+                if first or failed is not None or self.done:
+                    self.rest = datas[index + 1 :] or None
+                    return first, failed
+                self.waiting = True
+            return [], None
+        self.waiting = False
         events: list[StreamEvent] = []
         for data in datas:
             if data == b"[DONE]":

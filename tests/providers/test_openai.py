@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from providers.errors import (
     ProviderUnavailable,
 )
 from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
-from providers.openai.provider import OpenAIProvider
+from providers.openai.provider import OpenAIProvider, _Chunks
 from providers.support.upstream_sse import (
     MAX_EVENT_BYTES,
     SSEEvent,
@@ -522,3 +523,36 @@ async def test_an_upstream_event_over_the_bound_fails_the_reply(
     error = await failure(provider)
     assert type(error) is ProviderUnavailable
     assert "over 4 MiB" in error.message
+
+
+def _data(delta: dict[str, object], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return orjson.dumps({"id": "c", "object": "chat.completion.chunk", "choices": [choice]})
+
+
+def test_a_burst_gives_its_first_token_before_the_rest_is_decoded() -> None:
+    """A fast upstream's whole reply in the first read: the events up to the first
+    token come at once, the rest on the reader's next turn (kept in ``rest``), and
+    together they are what decoding the read at once gives."""
+    burst = [
+        _data({"role": "assistant", "content": ""}),
+        _data({"content": "Hel"}),
+        _data({"content": "lo"}),
+        _data({}, "stop"),
+        b"[DONE]",
+    ]
+    chunks = _Chunks()
+    first, error = chunks.events_of(burst)
+    assert (first, error) == ([TextDelta("Hel")], None)
+    assert chunks.rest == burst[2:]
+    rest, error = chunks.events_of(chunks.rest)
+    assert (rest, error) == ([TextDelta("lo"), Finish("stop")], None)
+    assert chunks.done
+    whole = _Chunks()
+    whole.waiting = False  # as decoded before: the read at once
+    assert whole.events_of(burst) == (first + rest, None)
+    # After the first event, reads are decoded whole, nothing kept.
+    later = _Chunks()
+    later.events_of([_data({"content": "a"})])
+    assert later.events_of(burst[1:3]) == ([TextDelta("Hel"), TextDelta("lo")], None)
+    assert later.rest is None
