@@ -151,6 +151,7 @@ async def ttft_round_robin(
     rounds: int,
     block: int = 1,
     fresh: bool = False,
+    delay: float = 0.0,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """TTFT in ms of ``rounds`` short streams to each target, ``block`` back to back to
     one target before the next target's turn; and the CPU ms per request each target's
@@ -158,10 +159,12 @@ async def ttft_round_robin(
     delay the next request. ``block=1`` asks each target in turn, so each request finds
     its process's caches cooled by the others on its core; a large ``block`` is the
     proxy alone on its core, asked one request after another. ``fresh``: every request
-    on a new connection (as a client without a connection pool), its connect timed."""
+    on a new connection (as a client without a connection pool), its connect timed.
+    ``delay``: the upstream sends its role chunk at once and each token after that
+    many seconds, as a model does (the first token then finds each process idle)."""
     got: dict[str, list[float]] = {name: [] for name in targets}
     names = list(targets)
-    bodies = {name: t.body(5, 0.0) for name, t in targets.items()}
+    bodies = {name: t.body(5, delay) for name, t in targets.items()}
     connector = aiohttp.TCPConnector(limit=0, force_close=fresh)
     async with aiohttp.ClientSession(connector=connector) as session:
         for name in names:  # warm: connections, caches
@@ -232,6 +235,13 @@ def main() -> None:
         "--ttft-fresh",
         action="store_true",
         help="each TTFT request on a new connection (its connect included), not a kept-alive one",
+    )
+    parser.add_argument(
+        "--ttft-delay",
+        type=float,
+        default=0.0,
+        help="seconds before each token of a TTFT request's reply, the first one too (0:"
+        " the whole reply at once, from a fast upstream)",
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of the paced, flat and paired measures"
@@ -339,6 +349,7 @@ def run(args: argparse.Namespace, measures: list[str], workdir: Path) -> dict[st
                     args.ttft,
                     args.ttft_block,
                     args.ttft_fresh,
+                    args.ttft_delay,
                 )
             )
             direct_p50 = statistics.median(got.pop("direct"))
