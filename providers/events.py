@@ -2,6 +2,9 @@
 
 A provider's stream yields, in order:
 
+* optionally one :class:`Accepted`, once the upstream accepted the request (a 2xx
+  answer), before any content (the routing layer takes it: the gateway may open the
+  client's stream then, so its first token goes out alone),
 * any number of :class:`TextDelta` and :class:`ToolCallDelta`,
 * exactly one :class:`Finish` (the generation ended normally),
 * optionally one :class:`Usage` (after ``Finish``; counts as known to the provider),
@@ -18,6 +21,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The upstream accepted the request and is generating: no content yet."""
+
+
+#: The one :class:`Accepted` (it has no fields).
+ACCEPTED = Accepted()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,4 +74,4 @@ class TokenCount:
     completion_tokens: int
 
 
-StreamEvent = TextDelta | ToolCallDelta | Finish | Usage | TokenCount
+StreamEvent = Accepted | TextDelta | ToolCallDelta | Finish | Usage | TokenCount

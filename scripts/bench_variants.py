@@ -50,6 +50,8 @@ Variants (``--variants``, comma-separated; the first is the reference for ratios
 * ``short-ttl``    default with ``resume_ttl_seconds: 1``: ended replies' logs go at once
 * ``keys-plain`` / ``keys-redis-plain``   ``keys`` / ``keys-redis`` with ``resumable: false``:
                    the limits alone, in process or in Redis
+* ``keys-open``    ``keys`` with ``open_on_accept: true``: the stream opens when the
+                   upstream accepts, before its first token
 
     .venv/bin/python scripts/bench_variants.py --variants bare,default,keys
     .venv/bin/python scripts/bench_variants.py --variants default,no-metrics --only paced
@@ -100,6 +102,7 @@ PRESETS: dict[str, str | None] = {
     "short-ttl": "resume_ttl_seconds: 1\n",
     "keys-plain": KEY + "resumable: false\n",
     "keys-redis-plain": KEY + "redis_url: {redis}\nresumable: false\n",
+    "keys-open": KEY + "open_on_accept: true\n",
 }
 MEASURES = ("ttft", "paced", "flat", "paired", "held")
 

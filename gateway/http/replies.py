@@ -172,6 +172,7 @@ async def reply(request: web.Request, dialect: Dialect) -> web.StreamResponse:
                 background=inbound.background,
                 detach_grace=settings.detach_grace_seconds,
                 ids=settings.resumable,
+                open_on_accept=settings.open_on_accept,
             )
         except BaseException as exc:  # nothing will stream it
             if not observed:

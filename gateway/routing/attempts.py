@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -35,7 +35,15 @@ from providers.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from providers.events import Finish, StreamEvent, TextDelta, TokenCount, ToolCallDelta, Usage
+from providers.events import (
+    Accepted,
+    Finish,
+    StreamEvent,
+    TextDelta,
+    TokenCount,
+    ToolCallDelta,
+    Usage,
+)
 
 log = structlog.get_logger("tokenpipe.attempts")
 
@@ -119,12 +127,21 @@ class _Timer:
         return fired
 
 
-async def _first_event(route: Route, request: ChatRequest, deadline: Deadline) -> Opened:
+async def _first_event(
+    route: Route,
+    request: ChatRequest,
+    deadline: Deadline,
+    on_accepted: Callable[[], Awaitable[None]] | None = None,
+) -> Opened:
     events = route.provider.stream(request)
     timeout = route.config.timeouts.first_token
     deadline.set(timeout)
     try:
         first = await anext(events)
+        while type(first) is Accepted:  # the upstream said yes: no content yet
+            if on_accepted is not None:
+                await on_accepted()
+            first = await anext(events)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         timed_out = deadline.clear() and task is not None and task.uncancel() == 0
@@ -163,6 +180,7 @@ async def open_stream(
     *,
     continues: bool = True,
     deadline: Deadline | None = None,
+    on_accepted: Callable[[], Awaitable[None]] | None = None,
 ) -> Opened:
     """Start a reply on the first route that delivers a first event.
 
@@ -171,6 +189,8 @@ async def open_stream(
     remain after the one that answered, the events continue on them
     (:func:`continuing`), unless ``continues`` is off (``continuing`` itself).
     Each attempt's first-token timeout is ``deadline`` (a timer of its own if none).
+    ``on_accepted`` is awaited when an attempt's upstream accepts the request
+    (:class:`~providers.events.Accepted`), before its first event: once per attempt.
     """
     # One coroutine for every attempt: its frame is held while the upstream works
     # on its first token, and then freed, 1,000 times at once under load.
@@ -181,7 +201,7 @@ async def open_stream(
         request = build_request(route)
         for attempt in range(route.config.retries + 1):
             try:
-                opened = await _first_event(route, request, deadline)
+                opened = await _first_event(route, request, deadline, on_accepted)
             except InvalidOptions:
                 raise  # the client's own options: no upstream was asked, none will help
             except ProviderError as exc:

@@ -22,6 +22,10 @@ exactly one in-band error event (the encoder's) ends the stream, with no termina
 frame, so a cut reply never looks complete. The log records the same error, so
 every reader ends alike. Note the trade-off of keep-alives: once a ping has gone
 out before the first token, a later failure to start can only be reported in-band.
+So it is with ``open_on_accept`` (off by default): the stream opens (200, headers,
+the opening frames) once the upstream accepts the request, as an OpenAI-compatible
+server's own stream does, and its first token goes out alone. A failure after that
+and before the first token, once retries and fallbacks are spent, is in-band too.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ class StreamSession:
         self._cut: Exception | None = None
         self._task: asyncio.Task[None] | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
+        #: Open the primary when the upstream accepts (``set_up``'s ``open_on_accept``).
+        self._open_on_accept = False
+        #: The opening frames went out when the upstream accepted.
+        self._opened_early = False
         loop = asyncio.get_running_loop()
         #: Resolved by :meth:`set_up`; cancelled by :meth:`abandon`.
         self._ready: asyncio.Future[None] = loop.create_future()
@@ -93,9 +101,11 @@ class StreamSession:
         background: bool = False,
         detach_grace: float = 0.0,
         ids: bool = True,
+        open_on_accept: bool = False,
     ) -> None:
         """The rest of the session, made while the upstream starts (:meth:`start`
         came first); the producer goes on from its first event once this is done."""
+        self._open_on_accept = open_on_accept
         self.encoder = encoder
         self.reply_log = reply_log
         self.sequencer = Sequencer(encoder, retry_ms=retry_ms, ids=ids)
@@ -316,7 +326,11 @@ class StreamSession:
         try:
             # Here, not in ``ReplyRecord.open``: a frame less while the upstream works.
             opened = await open_stream(
-                record.routes, record.build_request, record.on_attempt, deadline=self.watchdog
+                record.routes,
+                record.build_request,
+                record.on_attempt,
+                deadline=self.watchdog,
+                on_accepted=self._accepted,
             )
         except BaseException as exc:
             await self._ready  # abandoned meanwhile: cancelled, and the handler ended it
@@ -342,6 +356,28 @@ class StreamSession:
             raise
         return opened
 
+    async def _accepted(self) -> None:
+        """An upstream accepted the request: with ``open_on_accept``, the primary
+        opens now (once set up, and admitted), so its first token goes out alone.
+        A refusal still in flight is the response; a later failure is in-band."""
+        if self._opened_early:
+            return  # a retry's or a fallback's upstream: already open
+        await self._ready
+        primary = self.primary
+        if not self._open_on_accept or primary is None:
+            return
+        record = self.record
+        admission = record.admission
+        if admission is not None:
+            await admission  # raises the refusal: answered with its status
+            record.admission = None
+        self._opened_early = True
+        try:
+            await primary.open()
+            await primary.send(self.sequencer.start())
+        except (ClientGone, SendTimeout) as exc:
+            self._lost(exc)
+
     # Everything per token happens in the relay.
 
     async def _relay(self, opened: Opened) -> None:
@@ -358,20 +394,23 @@ class StreamSession:
         watchdog.arm()
         event = opened.first
         # The opening frames leave with the first token: the status line, the headers,
-        # the opening and the first token in one write (TTFT: one system call, not two).
+        # the opening and the first token in one write (TTFT: one system call, not two),
+        # unless they left when the upstream accepted (``_accepted``).
         # None once sent: what follows is written without a coroutine (``write``).
-        opening = self.sequencer.start()
-        head: bytes | None = opening
-        primary = self.primary
-        if primary is not None:
-            try:
-                await primary.open()
-                if type(event) is not TextDelta:
-                    await primary.send(opening)
-                    head = None
-            except (ClientGone, SendTimeout) as exc:
-                self._lost(exc)
-        del opening  # not held while the stream is open
+        head: bytes | None = None
+        if not self._opened_early:
+            opening = self.sequencer.start()
+            head = opening
+            primary = self.primary
+            if primary is not None:
+                try:
+                    await primary.open()
+                    if type(event) is not TextDelta:
+                        await primary.send(opening)
+                        head = None
+                except (ClientGone, SendTimeout) as exc:
+                    self._lost(exc)
+            del opening  # not held while the stream is open
 
         events = opened.events
         texts = record.texts

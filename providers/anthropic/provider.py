@@ -37,7 +37,15 @@ from providers.errors import (
     ProviderUnavailable,
     TranslateErrors,
 )
-from providers.events import Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.events import (
+    ACCEPTED,
+    Finish,
+    FinishReason,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from providers.support.http1 import (
     ConnectFailed,
     Connection,
@@ -96,6 +104,7 @@ class AnthropicProvider:
                 response = await self._http.post(body)
                 if response.status >= 300:  # a redirect too: it is not followed
                     raise await _status_error(response)
+                yield ACCEPTED
                 parser = SSEParser()
                 state = _StreamState()
                 take, arrival = response.take, response.arrival

@@ -59,6 +59,7 @@ from providers.errors import (
     TranslateErrors,
 )
 from providers.events import (
+    ACCEPTED,
     Finish,
     FinishReason,
     StreamEvent,
@@ -183,6 +184,7 @@ class OpenAIProvider:
                         raise status_error(
                             self._client, self._url, response.status, response.headers(), body
                         )
+                    yield ACCEPTED
                     parser = SSEParser()
                     take, arrival = response.take, response.arrival
                     while True:

@@ -22,7 +22,7 @@ from config.models import UpstreamConfig
 from providers.anthropic.provider import AnthropicProvider
 from providers.base import ChatRequest, Provider
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
-from providers.events import TextDelta
+from providers.events import ACCEPTED, Accepted, TextDelta
 from providers.openai.provider import OpenAIProvider
 from tests.support import provider_streams as streams
 from tests.support.fakes.anthropic_upstream import FakeAnthropicUpstream
@@ -126,11 +126,33 @@ async def test_api_key_never_in_error_messages(
     assert error.__cause__ is None or KEY not in str(error.__cause__)
 
 
+async def test_a_2xx_answer_is_announced_once_before_any_content(
+    fake: FakeUpstream, provider: Provider
+) -> None:
+    """The upstream's acceptance (its 2xx head) is the stream's first event, once:
+    the gateway may open the client's stream on it, before the first token."""
+    fake.script = [Behaviour(tokens=3)]
+    events = [event async for event in provider.stream(request())]
+    assert events[0] == ACCEPTED
+    assert not any(type(e) is Accepted for e in events[1:])
+    assert isinstance(events[1], TextDelta)
+
+
+async def test_an_error_status_is_never_accepted(fake: FakeUpstream, provider: Provider) -> None:
+    fake.script = [Behaviour(status=500)]
+    events: list[object] = []
+    with pytest.raises(ProviderError):
+        async for event in provider.stream(request()):
+            events.append(event)
+    assert events == []
+
+
 async def test_closing_the_generator_closes_the_upstream_request(
     fake: FakeUpstream, provider: Provider
 ) -> None:
     fake.script = [Behaviour(tokens=100, stall_after=1)]
     stream: Any = provider.stream(request())
+    assert await anext(stream) == ACCEPTED
     assert isinstance(await anext(stream), TextDelta)
     closed_by_us = time.monotonic()
     await stream.aclose()

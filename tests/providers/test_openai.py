@@ -23,7 +23,7 @@ from providers.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from providers.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from providers.events import Accepted, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 from providers.openai.provider import OpenAIProvider, _Chunks
 from providers.support.upstream_sse import (
     MAX_EVENT_BYTES,
@@ -356,6 +356,7 @@ async def test_waiting_for_the_next_read_holds_nothing_of_the_last(
     events = provider.stream(request())
     waiting = None
     try:
+        assert type(await anext(events)) is Accepted
         got = [await anext(events), await anext(events)]
         assert [type(e) for e in got] == [TextDelta, TextDelta]
         waiting = asyncio.ensure_future(anext(events))

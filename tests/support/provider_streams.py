@@ -8,18 +8,28 @@ import pytest
 
 from providers.base import ChatRequest, Provider
 from providers.errors import ProviderError
-from providers.events import Finish, StreamEvent, TextDelta
+from providers.events import Accepted, Finish, StreamEvent, TextDelta
 
 
 async def collect(provider: Provider, request: ChatRequest) -> list[StreamEvent]:
-    """Every event of a stream that ends cleanly."""
-    return [event async for event in provider.stream(request)]
+    """Every event of a stream that ends cleanly, after its :class:`Accepted` (see
+    :func:`consume`)."""
+    events: list[StreamEvent] = []
+    await consume(provider.stream(request), events)
+    return events
 
 
 async def consume(stream: AsyncIterator[StreamEvent], into: list[StreamEvent]) -> None:
-    """Append the stream's events to ``into`` until it ends (or raises)."""
+    """Append the stream's events to ``into`` until it ends (or raises), as the
+    routing layer hands them on: an :class:`Accepted` may come first, once, and is
+    not appended (``test_contract`` checks where providers send it)."""
+    first = True
     async for event in stream:
-        into.append(event)
+        if type(event) is Accepted:
+            assert first, "Accepted after the stream's first event"
+        else:
+            into.append(event)
+        first = False
 
 
 async def failure(provider: Provider, request: ChatRequest) -> ProviderError:

@@ -319,9 +319,16 @@ async def test_idle_timeout_fires_on_time_and_cancels_upstream(make_gateway: Any
     assert closed_at - started < 5
 
 
-async def test_slow_first_token_times_out_then_falls_back(make_gateway: Any) -> None:
+@pytest.mark.parametrize("open_on_accept", [True, False])
+async def test_slow_first_token_times_out_then_falls_back(
+    make_gateway: Any, open_on_accept: bool
+) -> None:
+    """An upstream that accepts and then sends no token: the fallback takes over
+    unseen. With none left, the timeout is the answer: in-band once the stream
+    opened on the upstream's acceptance (``open_on_accept``), else a 504."""
     async with FakeOpenAIUpstream(Behaviour(tokens=5, first_token_delay=10)) as slow:
         url = await make_gateway(
+            open_on_accept=open_on_accept,
             models=[
                 upstream_model(
                     "up",
@@ -333,7 +340,7 @@ async def test_slow_first_token_times_out_then_falls_back(make_gateway: Any) -> 
                 upstream_model(
                     "only", slow.base_url, retries=0, timeouts={**FAST, "first_token": 0.4}
                 ),
-            ]
+            ],
         )
         started = time.monotonic()
         text, finishes = await stream_text(url, "up", seed=1)
@@ -343,8 +350,17 @@ async def test_slow_first_token_times_out_then_falls_back(make_gateway: Any) -> 
             url, {"model": "only", "messages": [{"role": "user", "content": "x"}], "stream": True}
         )
         elapsed = time.monotonic() - started
-    assert got.status == 504
     assert elapsed < 8
+    if not open_on_accept:
+        assert got.status == 504
+        return
+    assert got.status == 200
+    assert "[DONE]" not in got.data
+    error = orjson.loads(got.data[-1])["error"]
+    assert "sent no token within 0.4 s" in error["message"]
+    assert [orjson.loads(d)["choices"][0]["delta"] for d in got.data[:-1]] == [
+        {"role": "assistant", "content": ""}
+    ]
 
 
 async def test_connect_timeout_fires(make_gateway: Any) -> None:
@@ -445,3 +461,35 @@ async def test_completion_tokens_counted_by_chunks_by_default_for_compatible_ups
     assert got.chunks[-1]["usage"]["completion_tokens"] == 9
     finished = next(e for e in logs if e["event"] == "stream_finished")
     assert finished["counted_by"] == "chunks"
+
+
+@pytest.mark.parametrize("open_on_accept", [True, False])
+async def test_a_stream_opens_when_its_upstream_accepts(
+    make_gateway: Any, open_on_accept: bool
+) -> None:
+    """With ``open_on_accept``, the status, the headers and the opening chunk come as
+    soon as the upstream has accepted (its 200), while it works on its first token;
+    the token then goes out alone. Without, they wait for the first token. The bytes
+    are the same either way."""
+    delay = 1.0
+    async with FakeOpenAIUpstream(Behaviour(tokens=3, first_token_delay=delay)) as fake:
+        url = await make_gateway(
+            open_on_accept=open_on_accept, models=[upstream_model("up", fake.base_url)]
+        )
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            async with session.post(f"{url}/v1/chat/completions", json=BODY) as response:
+                headers_after = time.monotonic() - started
+                assert response.status == 200
+                first = await response.content.readuntil(b"\n\n")
+                first_after = time.monotonic() - started
+                rest = await response.read()
+    opening = orjson.loads(first.split(b"data: ", 1)[1])
+    assert opening["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert rest.endswith(b"data: [DONE]\n\n")
+    assert b'"content":"' in rest
+    if open_on_accept:
+        assert headers_after < delay / 2
+        assert first_after < delay / 2
+    else:
+        assert headers_after >= delay
