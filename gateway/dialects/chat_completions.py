@@ -11,7 +11,7 @@ on every request's first-token path). Outbound: :class:`ChunkEncoder` frames
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, model_validator
@@ -77,7 +77,53 @@ class Tool(_Open):
     function: FunctionDef
 
 
-class ChatCompletionRequest(_Open):
+class _Shaped(Protocol):
+    """What :class:`_Answers` reads of a parsed request."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def include_usage(self) -> bool: ...
+
+
+class _Answers:
+    """A parsed request's answers (``DialectRequest``'s encoder, pending and
+    completion), for the model and for the plain request alike."""
+
+    __slots__ = ()
+
+    def encoder(self: _Shaped, reply_id: str, created: int) -> ChunkEncoder:
+        """The encoder of this request's stream."""
+        return ChunkEncoder(
+            id=reply_id, created=created, model=self.model, include_usage=self.include_usage
+        )
+
+    def pending(self: _Shaped, reply_id: str, created: int) -> dict[str, Any]:
+        """A background reply still running."""
+        return {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": self.model,
+            "status": "in_progress",
+        }
+
+    def completion(self, reply: Completed) -> dict[str, Any]:
+        """The ``chat.completion`` body."""
+        return completion_body(
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            content=reply.text,
+            tool_calls=reply.tool_calls,
+            finish_reason=reply.finish,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+        )
+
+
+class ChatCompletionRequest(_Answers, _Open):
     """``POST /v1/chat/completions``."""
 
     model: str = Field(min_length=1)
@@ -138,45 +184,6 @@ class ChatCompletionRequest(_Open):
             fake=self.fake,
             background=self.background,
         )
-
-    def encoder(self, reply_id: str, created: int) -> ChunkEncoder:
-        """The encoder of this request's stream."""
-        return ChunkEncoder(
-            id=reply_id, created=created, model=self.model, include_usage=self.include_usage
-        )
-
-    def pending(self, reply_id: str, created: int) -> dict[str, Any]:
-        """A background reply still running."""
-        return pending_body(reply_id, created, self.model)
-
-    def completion(self, reply: Completed) -> dict[str, Any]:
-        """The ``chat.completion`` body."""
-        return completion_of(reply)
-
-
-def pending_body(reply_id: str, created: int, model: str) -> dict[str, Any]:
-    """A background reply still running."""
-    return {
-        "id": reply_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "status": "in_progress",
-    }
-
-
-def completion_of(reply: Completed) -> dict[str, Any]:
-    """The ``chat.completion`` body of a whole reply."""
-    return completion_body(
-        id=reply.id,
-        created=reply.created,
-        model=reply.model,
-        content=reply.text,
-        tool_calls=reply.tool_calls,
-        finish_reason=reply.finish,
-        prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens,
-    )
 
 
 _GATEWAY_FIELDS = {
@@ -243,7 +250,7 @@ _SAMPLING = {
 _PLAIN_TOKEN_LIMITS = ("max_tokens", "max_completion_tokens")
 
 
-class PlainChatRequest:
+class PlainChatRequest(_Answers):
     """A request in the common shape (text messages, the usual parameters), taken
     without the model: what :class:`ChatCompletionRequest` would make of it, for under
     half the cost on every request's first-token path. See :func:`plain_request`.
@@ -263,20 +270,6 @@ class PlainChatRequest:
     @property
     def include_usage(self) -> bool:
         return self._usage
-
-    def encoder(self, reply_id: str, created: int) -> ChunkEncoder:
-        """The encoder of this request's stream."""
-        return ChunkEncoder(
-            id=reply_id, created=created, model=self.model, include_usage=self._usage
-        )
-
-    def pending(self, reply_id: str, created: int) -> dict[str, Any]:
-        """A background reply still running."""
-        return pending_body(reply_id, created, self.model)
-
-    def completion(self, reply: Completed) -> dict[str, Any]:
-        """The ``chat.completion`` body."""
-        return completion_of(reply)
 
 
 def plain_request(body: bytes) -> PlainChatRequest | None:

@@ -79,8 +79,8 @@ class StreamSession:
         self._grace_timer: asyncio.TimerHandle | None = None
         #: Open the primary when the upstream accepts (``set_up``'s ``open_on_accept``).
         self._open_on_accept = False
-        #: The opening frames went out when the upstream accepted.
-        self._opened_early = False
+        #: The sequence started and the primary opened (:meth:`_open_primary`).
+        self._opened = False
         loop = asyncio.get_running_loop()
         #: Resolved by :meth:`set_up`; cancelled by :meth:`abandon`.
         self._ready: asyncio.Future[None] = loop.create_future()
@@ -360,23 +360,35 @@ class StreamSession:
         """An upstream accepted the request: with ``open_on_accept``, the primary
         opens now (once set up, and admitted), so its first token goes out alone.
         A refusal still in flight is the response; a later failure is in-band."""
-        if self._opened_early:
+        if self._opened:
             return  # a retry's or a fallback's upstream: already open
         await self._ready
-        primary = self.primary
-        if not self._open_on_accept or primary is None:
+        if not self._open_on_accept or self.primary is None:
             return
         record = self.record
         admission = record.admission
         if admission is not None:
             await admission  # raises the refusal: answered with its status
             record.admission = None
-        self._opened_early = True
+        await self._open_primary(hold=False)
+
+    async def _open_primary(self, *, hold: bool) -> bytes | None:
+        """Start the reply's frames and open the primary (once): its opening frames
+        go now, or, with ``hold``, are returned to leave with the first token (the
+        status line, the headers, the opening and the token in one write)."""
+        self._opened = True
+        opening = self.sequencer.start()
+        primary = self.primary
+        if primary is None:
+            return None
         try:
             await primary.open()
-            await primary.send(self.sequencer.start())
+            if hold:
+                return opening
+            await primary.send(opening)
         except (ClientGone, SendTimeout) as exc:
             self._lost(exc)
+        return None
 
     # Everything per token happens in the relay.
 
@@ -393,24 +405,10 @@ class StreamSession:
         watchdog.idle = opened.route.config.timeouts.idle
         watchdog.arm()
         event = opened.first
-        # The opening frames leave with the first token: the status line, the headers,
-        # the opening and the first token in one write (TTFT: one system call, not two),
-        # unless they left when the upstream accepted (``_accepted``).
-        # None once sent: what follows is written without a coroutine (``write``).
-        head: bytes | None = None
-        if not self._opened_early:
-            opening = self.sequencer.start()
-            head = opening
-            primary = self.primary
-            if primary is not None:
-                try:
-                    await primary.open()
-                    if type(event) is not TextDelta:
-                        await primary.send(opening)
-                        head = None
-                except (ClientGone, SendTimeout) as exc:
-                    self._lost(exc)
-            del opening  # not held while the stream is open
+        # The opening frames leave with a first token (TTFT: one system call, not two),
+        # unless they left when the upstream accepted (``_accepted``). None once sent:
+        # what follows is written without a coroutine (``write``).
+        head = None if self._opened else await self._open_primary(hold=type(event) is TextDelta)
 
         events = opened.events
         texts = record.texts

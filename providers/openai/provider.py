@@ -314,14 +314,11 @@ class _Chunks:
         (kept in :attr:`rest`, for the reader's next turn)."""
         if self.waiting and len(datas) > 1:
             for index in range(len(datas)):
-                self.waiting = False  # the loop below, for this one data
                 first, failed = self.events_of(datas[index : index + 1])
                 if first or failed is not None or self.done:
                     self.rest = datas[index + 1 :] or None
                     return first, failed
-                self.waiting = True
             return [], None
-        self.waiting = False
         events: list[StreamEvent] = []
         for data in datas:
             if data == b"[DONE]":
@@ -355,6 +352,8 @@ class _Chunks:
                     events.append(Finish(_FINISH_REASONS.get(choice.finish_reason, "stop")))
             if chunk.usage:
                 self.usage = chunk.usage
+        if events:
+            self.waiting = False
         return events, None
 
 
